@@ -1,0 +1,161 @@
+"""The closed set of error codes and the exceptions that carry them to the client.
+
+Every exception a handler may raise on purpose is a :class:`GearhallError`. Its class says
+the code; its instance carries the message and the ``details`` the client needs to act
+(``retry_after_ms``, ``missing``...). ``server/dispatch.py`` is the only place that turns
+one into an error reply, by walking the exception's MRO to the class that declares ``code``.
+Codes are unique per declaring class, checked when this module is imported.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+from protocol.types import ItemId
+
+
+class ErrorCode(enum.StrEnum):
+    """Error codes on the wire. Closed: a client may switch on them exhaustively."""
+
+    BAD_REQUEST = "bad_request"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limited"
+    COOLDOWN_ACTIVE = "cooldown_active"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    INVENTORY_FULL = "inventory_full"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+class GearhallError(Exception):
+    """Base of every error that becomes an error reply. Never raised directly."""
+
+    code: ClassVar[ErrorCode]
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, object] = details
+
+
+class BadRequestError(GearhallError):
+    """The client's fault: the message could not be decoded or is not valid here."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+class UnauthenticatedError(GearhallError):
+    """The client's fault: no session yet (send ``session.hello``) or the token is invalid."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class ForbiddenError(GearhallError):
+    """The client's fault: the session may not do this."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFoundError(GearhallError):
+    """The client's fault: the thing named does not exist, or is not the player's."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class ConflictError(GearhallError):
+    """The client's view is stale or the move breaks a game rule in the current state."""
+
+    code = ErrorCode.CONFLICT
+
+
+class RateLimitedError(GearhallError):
+    """The client's fault: too many messages. ``retry_after_ms`` says when to try again."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__("rate limit exceeded", retry_after_ms=retry_after_ms)
+
+
+class CooldownActiveError(GearhallError):
+    """Nobody's fault: the action's cooldown group is not ready yet."""
+
+    code = ErrorCode.COOLDOWN_ACTIVE
+
+    def __init__(self, group: str, retry_after_ms: int, ready_at: int) -> None:
+        super().__init__(
+            f"cooldown {group!r} is active",
+            group=group,
+            retry_after_ms=retry_after_ms,
+            ready_at=ready_at,
+        )
+
+
+class InsufficientFundsError(GearhallError):
+    """The client's fault: the account cannot pay."""
+
+    code = ErrorCode.INSUFFICIENT_FUNDS
+
+
+class InventoryFullError(GearhallError):
+    """No free cell in the target compartment."""
+
+    code = ErrorCode.INVENTORY_FULL
+
+    def __init__(self, compartment: str) -> None:
+        super().__init__(f"compartment {compartment!r} is full", compartment=compartment)
+
+
+class UnavailableError(GearhallError):
+    """The server's state: shutting down, database unreachable. Retry later."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class InternalError(GearhallError):
+    """The server's fault: a bug. The message says nothing about internals."""
+
+    code = ErrorCode.INTERNAL
+
+
+# Specific errors: subclasses that keep their parent's code and name what is wrong.
+
+
+class ItemNotOwnedError(NotFoundError):
+    def __init__(self, item_id: ItemId) -> None:
+        super().__init__(f"item {item_id} is not in your inventory", item_id=item_id)
+
+
+class SlotIncompatibleError(ConflictError):
+    def __init__(self, item_id: ItemId, slot: str, allowed: list[str]) -> None:
+        super().__init__(
+            f"item {item_id} cannot be equipped in {slot!r}",
+            item_id=item_id,
+            slot=slot,
+            allowed_slots=allowed,
+        )
+
+
+def _check_unique_codes() -> dict[ErrorCode, type[GearhallError]]:
+    by_code: dict[ErrorCode, type[GearhallError]] = {}
+    pending: list[type[GearhallError]] = [GearhallError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        declared = cls.__dict__.get("code")
+        if declared is None:
+            continue
+        if declared in by_code:
+            raise TypeError(f"error code {declared} declared twice: {by_code[declared]}, {cls}")
+        by_code[declared] = cls
+    missing = set(ErrorCode) - set(by_code)
+    if missing:
+        raise TypeError(f"error codes without a class: {sorted(missing)}")
+    return by_code
+
+
+ERROR_CLASSES = _check_unique_codes()
