@@ -39,12 +39,12 @@ class Codec:
     def __init__(self, name: str) -> None:
         self.name: Final = name
         if name == SUBPROTOCOL_JSON:
-            self._decoder: msgspec.json.Decoder[ClientMessage] | msgspec.msgpack.Decoder[
-                ClientMessage
-            ] = msgspec.json.Decoder(ClientMessage)
-            self._rid_decoder: msgspec.json.Decoder[_RidOnly] | msgspec.msgpack.Decoder[
-                _RidOnly
-            ] = msgspec.json.Decoder(_RidOnly)
+            self._decoder: (
+                msgspec.json.Decoder[ClientMessage] | msgspec.msgpack.Decoder[ClientMessage]
+            ) = msgspec.json.Decoder(ClientMessage)
+            self._rid_decoder: (
+                msgspec.json.Decoder[_RidOnly] | msgspec.msgpack.Decoder[_RidOnly]
+            ) = msgspec.json.Decoder(_RidOnly)
             self.encode = msgspec.json.Encoder().encode
             self.binary = False
         elif name == SUBPROTOCOL_MSGPACK:
@@ -61,6 +61,8 @@ class Codec:
         Raises:
             DecodeFailure: the frame is not a valid client message.
         """
+        if isinstance(frame, str):  # adapters normally hand over raw bytes
+            frame = frame.encode("utf-8", "surrogatepass")
         try:
             msg: Request = self._decoder.decode(frame)
             return msg
@@ -69,13 +71,15 @@ class Codec:
                 "invalid message", self._recover_rid(frame), reason=str(exc)
             ) from None
         except msgspec.DecodeError as exc:
-            raise DecodeFailure("malformed frame", self._recover_rid(frame), reason=str(exc)) from None
+            raise DecodeFailure(
+                "malformed frame", self._recover_rid(frame), reason=str(exc)
+            ) from None
         except RecursionError:
             raise DecodeFailure(
                 "message nested too deeply", None, reason="maximum nesting depth exceeded"
             ) from None
 
-    def _recover_rid(self, frame: bytes | str) -> int | None:
+    def _recover_rid(self, frame: bytes) -> int | None:
         try:
             return self._rid_decoder.decode(frame).rid
         except (msgspec.DecodeError, RecursionError):

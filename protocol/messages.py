@@ -14,7 +14,7 @@ import msgspec
 
 from protocol.errors import ErrorCode
 from protocol.model import AnyEffect, EquipSlot, PlayerState
-from protocol.types import CompartmentIndex, Name, RequestId, Token, WireItemId
+from protocol.types import CompartmentIndex, RequestId, Token, WireItemId
 
 CompartmentField = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 
@@ -36,7 +36,7 @@ class Reply(ServerMessage, frozen=True, kw_only=True):
 # --- session -------------------------------------------------------------------------------
 
 
-class SessionHello(Request, tag="session.hello"):
+class SessionHello(Request, tag="session.hello", frozen=True):
     """First message on every connection. ``resume`` is the last player version the client
     saw; with it the server sends only the effects missed since, when it still has them."""
 
@@ -44,7 +44,7 @@ class SessionHello(Request, tag="session.hello"):
     resume: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
-class SessionWelcome(Reply, tag="session.welcome"):
+class SessionWelcome(Reply, tag="session.welcome", frozen=True):
     """Reply to ``session.hello``.
 
     Exactly one of ``state`` (full state) and ``effects`` (the effects after ``resume``, in
@@ -62,25 +62,25 @@ class SessionWelcome(Reply, tag="session.welcome"):
     effects: list[AnyEffect] | None = None
 
 
-class Ping(Request, tag="ping"):
+class Ping(Request, tag="ping", frozen=True):
     """Answered at any time after hello; touches neither the simulation nor the journal."""
 
 
-class Pong(Reply, tag="pong"):
+class Pong(Reply, tag="pong", frozen=True):
     tick: int
 
 
 # --- inventory -----------------------------------------------------------------------------
 
 
-class EquipItem(Request, tag="inventory.equip_item"):
+class EquipItem(Request, tag="inventory.equip_item", frozen=True):
     """Equip an item from a compartment into ``slot``; an occupied slot swaps atomically."""
 
     item_id: WireItemId
     slot: EquipSlot
 
 
-class UnequipItem(Request, tag="inventory.unequip_item"):
+class UnequipItem(Request, tag="inventory.unequip_item", frozen=True):
     """Move the item in ``slot`` to a compartment; ``index`` None means the first free cell."""
 
     slot: EquipSlot
@@ -88,7 +88,7 @@ class UnequipItem(Request, tag="inventory.unequip_item"):
     index: CompartmentIndex | None = None
 
 
-class MoveItem(Request, tag="inventory.move_item"):
+class MoveItem(Request, tag="inventory.move_item", frozen=True):
     """Move an item to a compartment cell; an occupied cell swaps."""
 
     item_id: WireItemId
@@ -96,7 +96,7 @@ class MoveItem(Request, tag="inventory.move_item"):
     index: CompartmentIndex
 
 
-class EffectsReply(Reply, tag="effects"):
+class EffectsReply(Reply, tag="effects", frozen=True):
     """Reply to a state-changing request: the effects it produced, already durable, and the
     player's version after them."""
 
@@ -107,7 +107,7 @@ class EffectsReply(Reply, tag="effects"):
 # --- pushes and errors ---------------------------------------------------------------------
 
 
-class PlayerDelta(ServerMessage, tag="player.delta"):
+class PlayerDelta(ServerMessage, tag="player.delta", frozen=True):
     """Effects another session of the same player caused. ``seq`` is the player version
     after the last effect, so a client applies it only if ``seq - len(effects)`` equals the
     version it holds and resumes from ``seq`` after a reconnect."""
@@ -116,7 +116,7 @@ class PlayerDelta(ServerMessage, tag="player.delta"):
     effects: list[AnyEffect]
 
 
-class ErrorReply(ServerMessage, tag="error"):
+class ErrorReply(ServerMessage, tag="error", frozen=True):
     """Every failure. ``rid`` is null when the frame was unreadable."""
 
     rid: int | None
@@ -126,10 +126,10 @@ class ErrorReply(ServerMessage, tag="error"):
 
 
 ClientMessage = SessionHello | Ping | EquipItem | UnequipItem | MoveItem
-CLIENT_MESSAGES: tuple[type[Request], ...] = ClientMessage.__args__  # type: ignore[attr-defined]
+CLIENT_MESSAGES: tuple[type[Request], ...] = ClientMessage.__args__
 
 AnyServerMessage = SessionWelcome | Pong | EffectsReply | PlayerDelta | ErrorReply
-SERVER_MESSAGES: tuple[type[ServerMessage], ...] = AnyServerMessage.__args__  # type: ignore[attr-defined]
+SERVER_MESSAGES: tuple[type[ServerMessage], ...] = AnyServerMessage.__args__
 
 
 def tag_of(cls: type[msgspec.Struct]) -> str:

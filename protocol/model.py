@@ -68,7 +68,7 @@ class Effect(msgspec.Struct, frozen=True, kw_only=True, tag_field="e"):
     """Base of every effect. The tag field is ``e`` so effects nest inside messages."""
 
 
-class ItemCreated(Effect, tag="item_created"):
+class ItemCreated(Effect, tag="item_created", frozen=True):
     """A new item appeared in a compartment cell (grant, starter kit)."""
 
     item: ItemInstance
@@ -76,7 +76,7 @@ class ItemCreated(Effect, tag="item_created"):
     index: CompartmentIndex
 
 
-class ItemEquipped(Effect, tag="item_equipped"):
+class ItemEquipped(Effect, tag="item_equipped", frozen=True):
     """``item_id`` moved from a compartment cell into ``slot``.
 
     If the slot was occupied, the previous occupant (``displaced``) moved into the cell the
@@ -90,7 +90,7 @@ class ItemEquipped(Effect, tag="item_equipped"):
     displaced: WireItemId | None = None
 
 
-class ItemUnequipped(Effect, tag="item_unequipped"):
+class ItemUnequipped(Effect, tag="item_unequipped", frozen=True):
     """``item_id`` left ``slot`` for an empty compartment cell."""
 
     item_id: WireItemId
@@ -99,7 +99,7 @@ class ItemUnequipped(Effect, tag="item_unequipped"):
     index: CompartmentIndex
 
 
-class ItemMoved(Effect, tag="item_moved"):
+class ItemMoved(Effect, tag="item_moved", frozen=True):
     """``item_id`` moved between compartment cells; an occupant of the target swapped back."""
 
     item_id: WireItemId
@@ -110,7 +110,7 @@ class ItemMoved(Effect, tag="item_moved"):
     displaced: WireItemId | None = None
 
 
-class CooldownStarted(Effect, tag="cooldown_started"):
+class CooldownStarted(Effect, tag="cooldown_started", frozen=True):
     """Cooldown ``group`` is not ready again before tick ``ready_at``."""
 
     group: str
@@ -118,4 +118,4 @@ class CooldownStarted(Effect, tag="cooldown_started"):
 
 
 AnyEffect = ItemCreated | ItemEquipped | ItemUnequipped | ItemMoved | CooldownStarted
-EFFECT_TYPES: tuple[type[Effect], ...] = AnyEffect.__args__  # type: ignore[attr-defined]
+EFFECT_TYPES: tuple[type[Effect], ...] = AnyEffect.__args__

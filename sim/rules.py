@@ -82,9 +82,7 @@ def _owned(player: PlayerState, item_id: int) -> ItemInstance:
 def _template(ctx: RuleContext, item: ItemInstance) -> ItemTemplate:
     tpl = ctx.catalog.get(item.template)
     if tpl is None:
-        raise ConflictError(
-            f"item {item.id} has no template {item.template!r}", item_id=item.id
-        )
+        raise ConflictError(f"item {item.id} has no template {item.template!r}", item_id=item.id)
     return tpl
 
 
@@ -98,7 +96,9 @@ def _cells(player: PlayerState, compartment: str, index: int | None) -> list[int
     cells = player.compartments.get(compartment)
     if cells is None:
         raise NotFoundError(f"no compartment {compartment!r}", compartment=compartment)
-    if index is not None and index >= len(cells):
+    # Negative indexes too: the wire forbids them, but an effect holding one would index from
+    # the end when applied and could never be decoded from the journal again.
+    if index is not None and not 0 <= index < len(cells):
         raise BadRequestError(
             f"index {index} is outside {compartment!r}",
             compartment=compartment,

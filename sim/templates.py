@@ -77,7 +77,9 @@ def parse_templates(text: str, source: str = "<string>") -> Catalog:
     templates: dict[str, ItemTemplate] = {}
     for position, entry in enumerate(entries):
         label = (
-            entry.get("id") if isinstance(entry, dict) and isinstance(entry.get("id"), str) else None
+            entry.get("id")
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str)
+            else None
         )
         where = f"{source}: template {label!r}" if label else f"{source}: template #{position + 1}"
         try:

@@ -1,0 +1,177 @@
+"""App wiring: database, journal, hub, tick driver, dispatch and transport, and the order
+they start and stop in (graceful shutdown is DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import asyncpg
+from websockets.asyncio.server import Server
+
+from persistence.embedded import EmbeddedPostgres, start_embedded
+from persistence.journal import Journal, JournalMetrics
+from persistence.migrate import migrate
+from server.config import Settings
+from server.dispatch import Dispatcher, merge_handlers
+from server.domains.inventory.handlers import HANDLERS as INVENTORY
+from server.domains.session.handlers import HANDLERS as SESSION
+from server.hub import PlayerHub
+from server.metrics import Metrics
+from server.session import CLOSE_GOING_AWAY, Session
+from server.transport_ws import start_server
+from sim.driver import TickDriver
+from sim.templates import DEFAULT_TEMPLATES, Catalog, load_templates
+
+log = logging.getLogger("gearhall")
+
+
+def server_version() -> str:
+    try:
+        return package_version("gearhall")
+    except PackageNotFoundError:  # running from a source tree without an install
+        return "0.0.0"
+
+
+class App:
+    """One Gearhall node. ``await start()``, serve, ``await stop()``."""
+
+    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.version = server_version()
+        self.catalog = catalog or load_templates(
+            Path(settings.templates) if settings.templates else DEFAULT_TEMPLATES
+        )
+        self.metrics = Metrics()
+        self.sessions: set[Session] = set()
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.embedded: EmbeddedPostgres | None = None
+        self.dsn = ""
+        self._server: Server | None = None
+        self._driver_task: asyncio.Task[None] | None = None
+
+    # --- start ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.database_url:
+            self.dsn = s.database_url
+        else:
+            self.embedded = await asyncio.to_thread(start_embedded, Path(s.data_dir))
+            self.dsn = self.embedded.dsn()
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=s.db_pool_size)
+        m = self.metrics
+        batch_rows, commit_latency = m.journal_batch_rows, m.journal_commit_latency
+
+        def on_batch(rows: int, seconds: float) -> None:
+            batch_rows.observe(rows)
+            commit_latency.observe(seconds)
+
+        self.journal = Journal(
+            lambda: asyncpg.connect(self.dsn),
+            mode=s.durability,
+            metrics=JournalMetrics(on_batch=on_batch, on_retry=lambda exc: m.journal_retries.inc()),
+        )
+        await self.journal.start()
+        self.driver = TickDriver(s.tick_hz, self._on_tick, on_overrun=m.tick_overruns.inc)
+        self.hub = PlayerHub(
+            settings=s,
+            catalog=self.catalog,
+            journal=self.journal,
+            pool=self.pool,
+            metrics=m,
+            tick=self.tick,
+            tick_ms=self.driver.tick_ms,
+        )
+        self.hub.start()
+        self.dispatcher = Dispatcher(merge_handlers(SESSION, INVENTORY), m)
+        self._server = await start_server(self)
+        self._driver_task = asyncio.create_task(self.driver.run(), name="tick-driver")
+        mode = "" if s.durability == "durable" else " [WRITE-BEHIND: acks are NOT durable]"
+        log.info(
+            "gearhall %s listening on ws://%s:%d (tick %d Hz, database %s)%s",
+            self.version,
+            s.host,
+            self.port,
+            s.tick_hz,
+            "embedded" if self.embedded else "external",
+            mode,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sockets = list(self._server.sockets)
+        return int(sockets[0].getsockname()[1]) if sockets else self.settings.port
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+
+    def tick(self) -> int:
+        return self.driver.now_tick()
+
+    def _on_tick(self, tick: int) -> None:
+        started = self.metrics.tick_duration.time()
+        with started:
+            self.hub.on_tick(tick)
+
+    # --- stop -------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop accepting, finish in-flight requests, flush the journal,
+        snapshot everyone, close sockets with 1001."""
+        if self.draining:
+            return
+        self.draining = True
+        timeout = self.settings.shutdown_timeout_s
+        log.info("shutting down: %d connections", len(self.sessions))
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        await self.journal.flush()
+        self.hub.on_tick(self.driver.now_tick())  # push the last deltas
+        self.hub.snapshot_all()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.hub.drain_snapshots()
+        if self.sessions:
+            await asyncio.gather(
+                *(s.close(CLOSE_GOING_AWAY, "server shutting down") for s in list(self.sessions)),
+                return_exceptions=True,
+            )
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._server.wait_closed()
+        self.driver.stop()
+        if self._driver_task is not None:
+            await self._driver_task
+        await self.journal.close()
+        await self.hub.stop()
+        await self.pool.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+        log.info("shutdown complete")

@@ -1,0 +1,106 @@
+"""Effective configuration: command-line flags over ``GEARHALL_*`` environment variables over
+an optional TOML file over defaults (DESIGN.md §7). ``gearhall config show`` prints it."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+LogFormat = Literal["console", "json"]
+Durability = Literal["durable", "write-behind"]
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
+    tick_hz: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 20
+    data_dir: str = "./var"
+    database_url: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: LogFormat = "console"
+    durability: Durability = "durable"
+    dev_auth: bool = False
+    templates: str | None = None
+    # transport limits
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
+    outbound_queue_max: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    write_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    ping_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    ping_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    rate_limit_per_s: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 400
+    # persistence
+    db_pool_size: Annotated[int, msgspec.Meta(ge=1)] = 8
+    snapshot_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    journal_keep_versions: Annotated[int, msgspec.Meta(ge=0)] = 256
+    resume_buffer: Annotated[int, msgspec.Meta(ge=0)] = 256
+    evict_after_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the source and the field."""
+
+
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name in _FIELDS:
+        raw = environ.get(f"GEARHALL_{name.upper()}")
+        if raw is not None:
+            values[name] = raw
+    return values
+
+
+def load_settings(
+    overrides: dict[str, object] | None = None,
+    environ: dict[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file (``GEARHALL_CONFIG`` or ``config_file``), the environment
+    and ``overrides`` (flags; ``None`` values are ignored).
+
+    Raises:
+        ConfigError: a value has the wrong type or range, or the file is unreadable.
+    """
+    env = dict(os.environ if environ is None else environ)
+    merged: dict[str, object] = {}
+    path = config_file or (Path(env["GEARHALL_CONFIG"]) if env.get("GEARHALL_CONFIG") else None)
+    if path is not None:
+        try:
+            merged.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    merged.update(_from_env(env))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        # strict=False lets environment strings ("8080", "1", "true") convert to their types.
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def render(settings: Settings) -> str:
+    """TOML-ish ``key = value`` lines (the database password, if any, is masked)."""
+    lines = []
+    for name, value in msgspec.structs.asdict(settings).items():
+        shown = (
+            _mask_password(value) if name == "database_url" and isinstance(value, str) else value
+        )
+        lines.append(f"{name} = {msgspec.json.encode(shown).decode()}")
+    return "\n".join(lines)
+
+
+def _mask_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

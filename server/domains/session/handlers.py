@@ -1,0 +1,98 @@
+"""Session handlers: hello (authenticate, load the player, welcome or resume) and ping."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from persistence.players import get_or_create_player
+from protocol import PROTOCOL_VERSION
+from protocol.errors import ConflictError, UnauthenticatedError, UnavailableError
+from protocol.messages import Ping, Pong, SessionHello, SessionWelcome
+from protocol.model import AnyEffect, PlayerState
+from server.dispatch import HandlerMap
+
+if TYPE_CHECKING:
+    from server.session import Session
+
+_DEV_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _dev_player_name(token: str, dev_auth: bool) -> str:
+    """The player name a development token stands for.
+
+    Raises:
+        UnauthenticatedError: dev auth is off, or the token is not ``dev:<name>``.
+    """
+    if not dev_auth:
+        raise UnauthenticatedError(
+            "no authentication backend accepts this token (dev auth is disabled)"
+        )
+    prefix, _, name = token.partition(":")
+    if prefix != "dev" or not _DEV_NAME.match(name):
+        raise UnauthenticatedError("dev tokens look like dev:<name> ([A-Za-z0-9_.-], 1-64)")
+    return name
+
+
+async def hello(session: Session, msg: SessionHello) -> SessionWelcome:
+    """Authenticate, load the player and send the full state, or only what was missed.
+
+    Raises:
+        ConflictError: this connection already has a session.
+        UnauthenticatedError: the token is not accepted.
+        UnavailableError: the database cannot be reached.
+    """
+    if session.player is not None:
+        raise ConflictError("this connection already said hello")
+    app = session.app
+    name = _dev_player_name(msg.token, app.settings.dev_auth)
+    try:
+        async with app.pool.acquire() as conn:
+            player_id = await get_or_create_player(conn, name)
+        live = await app.hub.acquire(player_id, name)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise UnavailableError("player store unavailable", reason=type(exc).__name__) from None
+    if session.player is not None:  # a second hello raced this one while it awaited
+        raise ConflictError("this connection already said hello")
+    session.player = live
+    app.hub.attach(live, session)
+    if msg.resume is not None:
+        effects = await app.hub.effects_since(live, msg.resume)
+        if effects is not None:
+            return _welcome(session, msg, player_id, msg.resume + len(effects), effects=effects)
+    state = await app.hub.durable_copy(live)
+    return _welcome(session, msg, player_id, state.version, state=state)
+
+
+def _welcome(
+    session: Session,
+    msg: SessionHello,
+    player_id: int,
+    version: int,
+    *,
+    state: PlayerState | None = None,
+    effects: list[AnyEffect] | None = None,
+) -> SessionWelcome:
+    app = session.app
+    return SessionWelcome(
+        rid=msg.rid,
+        protocol_version=PROTOCOL_VERSION,
+        server_version=app.version,
+        tick_hz=app.settings.tick_hz,
+        tick=app.tick(),
+        player_id=player_id,
+        version=version,
+        resumed=state is None,
+        state=state,
+        effects=effects,
+    )
+
+
+async def ping(session: Session, msg: Ping) -> Pong:
+    """Answered at any time after hello; touches neither the simulation nor the journal."""
+    return Pong(rid=msg.rid, tick=session.app.tick())
+
+
+HANDLERS: HandlerMap = {SessionHello: hello, Ping: ping}

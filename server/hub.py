@@ -1,0 +1,346 @@
+"""Live players: the in-memory state of everyone online, and the shell around the pure rules.
+
+The request path for a sim intent (DESIGN.md §2): the rule decides against the in-memory
+state, the effects are applied at once (arrival order is the one order: asyncio is a
+single writer), appended to the journal, and the reply waits until they are durable. What
+other sessions see — deltas, resume effects, a welcome's full state — is only ever durable
+state: ``recent`` holds only committed effects and a welcome waits for the state it shows.
+
+The tick (``on_tick``) never awaits: it flushes deltas, picks players to snapshot (their
+bytes are taken in the tick, written by a background task) and evicts idle players.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import asyncpg
+import msgspec
+
+from persistence import players as repo
+from persistence.journal import Journal
+from protocol.errors import UnavailableError
+from protocol.messages import PlayerDelta, Request
+from protocol.model import AnyEffect, PlayerState
+from sim.apply import apply
+from sim.rules import RuleContext, grant_starter_kit
+from sim.state import decode_state, encode_state
+from sim.templates import Catalog
+
+if TYPE_CHECKING:
+    from server.config import Settings
+    from server.metrics import Metrics
+    from server.session import Session
+
+log = logging.getLogger("gearhall.hub")
+
+_effect_encoder = msgspec.msgpack.Encoder()
+
+
+class LivePlayer:
+    __slots__ = (
+        "durable_version",
+        "idle_since",
+        "last_snapshot_at",
+        "pending_pushes",
+        "player_id",
+        "recent",
+        "sessions",
+        "snapshot_in_flight",
+        "snapshot_version",
+        "state",
+        "waiters",
+    )
+
+    def __init__(self, state: PlayerState, snapshot_version: int, resume_buffer: int) -> None:
+        self.player_id = state.player_id
+        self.state = state
+        self.durable_version = state.version
+        self.snapshot_version = snapshot_version
+        self.snapshot_in_flight = False
+        self.last_snapshot_at = time.monotonic()
+        self.recent: collections.deque[tuple[int, AnyEffect]] = collections.deque(
+            maxlen=resume_buffer
+        )
+        self.sessions: list[Session] = []
+        # (origin session, effects, version after them), flushed to other sessions on tick
+        self.pending_pushes: list[tuple[Session | None, list[AnyEffect], int]] = []
+        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.idle_since: float | None = None
+
+
+class PlayerHub:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        journal: Journal,
+        pool: asyncpg.Pool,
+        metrics: Metrics,
+        tick: Callable[[], int],
+        tick_ms: int,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.journal = journal
+        self.pool = pool
+        self.metrics = metrics
+        self._tick = tick
+        self.tick_ms = tick_ms
+        self.players: dict[int, LivePlayer] = {}
+        self._loading: dict[int, asyncio.Future[LivePlayer]] = {}
+        self._snapshot_queue: list[tuple[LivePlayer, int, bytes]] = []
+        self._snapshot_wake = asyncio.Event()
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._item_ids: collections.deque[int] = collections.deque()
+        self._snapshots_idle = asyncio.Event()
+        self._snapshots_idle.set()
+
+    def start(self) -> None:
+        self._snapshot_task = asyncio.create_task(self._snapshot_loop(), name="snapshots")
+
+    async def stop(self) -> None:
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
+            await asyncio.gather(self._snapshot_task, return_exceptions=True)
+
+    def context(self) -> RuleContext:
+        return RuleContext(tick=self._tick(), tick_ms=self.tick_ms, catalog=self.catalog)
+
+    # --- loading ----------------------------------------------------------------------------
+
+    async def acquire(self, player_id: int, name: str) -> LivePlayer:
+        """The live player, loaded from snapshot + journal if needed (once, however many
+        sessions ask at the same moment); a new player gets the starter kit, durably."""
+        live = self.players.get(player_id)
+        if live is not None:
+            return live
+        pending = self._loading.get(player_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[LivePlayer] = asyncio.get_running_loop().create_future()
+        self._loading[player_id] = future
+        try:
+            async with self.pool.acquire() as conn:
+                loaded = await repo.load_player(conn, player_id, name)
+            live = LivePlayer(loaded.state, loaded.snapshot_version, self.settings.resume_buffer)
+            self.players[player_id] = live
+            self.metrics.players_online.set(len(self.players))
+            if live.state.version == 0 and self.catalog.starter_kit:
+                ids = await self._take_item_ids(len(self.catalog.starter_kit))
+                effects = grant_starter_kit(live.state, self.context(), ids)
+                await self.commit(live, effects, origin=None)
+            future.set_result(live)
+            return live
+        except BaseException as exc:
+            self.players.pop(player_id, None)
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: the caller gets it re-raised below
+            raise
+        finally:
+            del self._loading[player_id]
+
+    async def _take_item_ids(self, n: int) -> list[int]:
+        while len(self._item_ids) < n:
+            async with self.pool.acquire() as conn:
+                block = await repo.allocate_item_block(conn)
+            self._item_ids.extend(i for i in block if i > 0)
+        return [self._item_ids.popleft() for _ in range(n)]
+
+    def attach(self, live: LivePlayer, session: Session) -> None:
+        live.sessions.append(session)
+        live.idle_since = None
+
+    def detach(self, live: LivePlayer, session: Session) -> None:
+        if session in live.sessions:
+            live.sessions.remove(session)
+        if not live.sessions:
+            live.idle_since = time.monotonic()
+
+    # --- the request path -------------------------------------------------------------------
+
+    async def commit(
+        self, live: LivePlayer, effects: list[AnyEffect], origin: Session | None
+    ) -> int:
+        """Apply ``effects`` now, journal them, and return the version once they are durable.
+
+        Raises:
+            UnavailableError: the journal is closing (shutdown).
+        """
+        state = live.state
+        first = state.version + 1
+        for effect in effects:
+            apply(state, effect)
+        version = state.version
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_durable() -> None:
+            live.durable_version = version
+            base = version - len(effects)
+            for offset, effect in enumerate(effects, start=1):
+                live.recent.append((base + offset, effect))
+            if len(live.sessions) > (origin is not None):
+                live.pending_pushes.append((origin, effects, version))
+            self._release_waiters(live)
+            if not done.done():
+                done.set_result(None)
+
+        try:
+            self.journal.append(
+                live.player_id,
+                first,
+                self._tick(),
+                [_effect_encoder.encode(e) for e in effects],
+                on_durable,
+            )
+        except RuntimeError:
+            raise UnavailableError("server is shutting down") from None
+        await done
+        return version
+
+    async def run_intent(
+        self,
+        live: LivePlayer,
+        intent: Request,
+        rule: Callable[..., list[AnyEffect]],
+        origin: Session,
+    ) -> tuple[int, list[AnyEffect]]:
+        effects = rule(live.state, intent, self.context())
+        if not effects:
+            return live.state.version, effects
+        return await self.commit(live, effects, origin), effects
+
+    async def durable_copy(self, live: LivePlayer) -> PlayerState:
+        """A copy of the state as of now, returned once that version is durable."""
+        snapshot = decode_state(encode_state(live.state))
+        await self.wait_durable(live, snapshot.version)
+        return snapshot
+
+    async def wait_durable(self, live: LivePlayer, version: int) -> None:
+        if live.durable_version >= version:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        live.waiters.append((version, future))
+        await future
+
+    def _release_waiters(self, live: LivePlayer) -> None:
+        if not live.waiters:
+            return
+        keep = []
+        for version, future in live.waiters:
+            if version <= live.durable_version:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                keep.append((version, future))
+        live.waiters = keep
+
+    async def effects_since(self, live: LivePlayer, version: int) -> list[AnyEffect] | None:
+        """The durable effects after ``version`` (from memory, else the journal), or None."""
+        durable = live.durable_version
+        if version > durable:
+            return None
+        if version == durable:
+            return []
+        recent = live.recent
+        if recent and recent[0][0] <= version + 1:
+            return [e for v, e in recent if version < v <= durable]
+        async with self.pool.acquire() as conn:
+            return await repo.effects_since(conn, live.player_id, version, durable)
+
+    # --- the tick ---------------------------------------------------------------------------
+
+    def on_tick(self, tick: int) -> None:
+        now = time.monotonic()
+        interval = self.settings.snapshot_interval_s
+        evict_after = self.settings.evict_after_s
+        evict: list[int] = []
+        for player_id, live in self.players.items():
+            if live.pending_pushes:
+                self._flush_pushes(live)
+            if (
+                live.durable_version > live.snapshot_version
+                and live.durable_version == live.state.version
+                and not live.snapshot_in_flight
+                and (now - live.last_snapshot_at >= interval or live.idle_since is not None)
+            ):
+                self._queue_snapshot(live)
+            if (
+                live.idle_since is not None
+                and now - live.idle_since >= evict_after
+                and live.snapshot_version == live.state.version
+                and not live.snapshot_in_flight
+                and not live.waiters
+            ):
+                evict.append(player_id)
+        for player_id in evict:
+            del self.players[player_id]
+        if evict:
+            self.metrics.players_online.set(len(self.players))
+
+    def _flush_pushes(self, live: LivePlayer) -> None:
+        pushes, live.pending_pushes = live.pending_pushes, []
+        for session in live.sessions:
+            for origin, effects, version in pushes:
+                if origin is not session:
+                    session.send(PlayerDelta(seq=version, effects=effects))
+
+    def _queue_snapshot(self, live: LivePlayer) -> None:
+        live.snapshot_in_flight = True
+        self._snapshot_queue.append((live, live.state.version, encode_state(live.state)))
+        self._snapshots_idle.clear()
+        self._snapshot_wake.set()
+
+    def snapshot_all(self) -> None:
+        """Queue a snapshot of every player with unsnapshotted durable changes (shutdown)."""
+        for live in self.players.values():
+            if (
+                live.durable_version > live.snapshot_version
+                and live.durable_version == live.state.version
+                and not live.snapshot_in_flight
+            ):
+                self._queue_snapshot(live)
+
+    async def drain_snapshots(self) -> None:
+        """Wait until every queued snapshot is written (or has failed)."""
+        await self._snapshots_idle.wait()
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await self._snapshot_wake.wait()
+            self._snapshot_wake.clear()
+            batch, self._snapshot_queue = self._snapshot_queue, []
+            if not batch:
+                self._snapshots_idle.set()
+                continue
+            started = time.perf_counter()
+            try:
+                async with self.pool.acquire() as conn:
+                    await repo.save_snapshots(
+                        conn,
+                        [(live.player_id, version, data) for live, version, data in batch],
+                        self.settings.journal_keep_versions,
+                    )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.error("snapshot batch of %d failed: %s", len(batch), exc)
+                for live, _, _ in batch:
+                    live.snapshot_in_flight = False
+                    live.last_snapshot_at = time.monotonic()  # back off one interval
+                if not self._snapshot_queue:
+                    self._snapshots_idle.set()
+                continue
+            self.metrics.snapshot_duration.observe(time.perf_counter() - started)
+            now = time.monotonic()
+            for live, version, _ in batch:
+                live.snapshot_version = max(live.snapshot_version, version)
+                live.snapshot_in_flight = False
+                live.last_snapshot_at = now
+            if not self._snapshot_queue:
+                self._snapshots_idle.set()

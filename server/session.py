@@ -1,0 +1,185 @@
+"""The connection core: frames in, frames out, independent of the WebSocket library.
+
+A transport adapter (``server/transport_ws.py`` for ``websockets``) feeds received frames
+to :meth:`Session.on_frame` one at a time, in order, and implements :class:`Transport`.
+Everything the server sends goes through :meth:`Session.send`: one bounded queue per
+connection drained by one writer task with a write deadline. A client that stops reading
+fills the queue or blows the deadline and is aborted — the tick and other clients never
+wait for it (``websockets`` alone would leave such a peer stuck in CLOSING).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from protocol.codec import Codec, DecodeFailure
+from protocol.errors import RateLimitedError, UnavailableError
+from protocol.messages import ServerMessage, tag_of
+from server.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from server.app import App
+    from server.hub import LivePlayer
+
+log = logging.getLogger("gearhall.session")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_OVERLOADED = 1013
+
+
+class Transport(Protocol):
+    remote: str
+
+    async def send(self, frame: bytes, text: bool) -> None:
+        """Send one frame; may wait while the peer's buffers are full."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with a close frame (waits for the handshake, bounded by the adapter)."""
+
+    def abort(self) -> None:
+        """Drop the connection now, without a closing handshake."""
+
+
+class Session:
+    """One client connection: decode, rate-limit, dispatch, reply, push."""
+
+    def __init__(self, app: App, transport: Transport, codec: Codec) -> None:
+        self.app = app
+        self.transport = transport
+        self.codec = codec
+        self.player: LivePlayer | None = None
+        settings = app.settings
+        self._bucket = TokenBucket(
+            settings.rate_limit_per_s, settings.rate_limit_burst, time.monotonic()
+        )
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue_max = settings.outbound_queue_max
+        self._write_timeout = settings.write_timeout_s
+        self._wake = asyncio.Event()
+        self._text = not codec.binary
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.aborted = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(
+            self._write_loop(), name=f"writer {self.transport.remote}"
+        )
+
+    async def finish(self) -> None:
+        """The transport is gone: stop the writer and leave the player."""
+        self._closing = True
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        if self.player is not None:
+            self.app.hub.detach(self.player, self)
+            self.player = None
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send what is queued (bounded by the write deadline), then a close frame."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._write_timeout):
+                while self._queue and not self.aborted:
+                    self._wake.set()
+                    await asyncio.sleep(0)
+        if not self.aborted:
+            await self.transport.close(code, reason)
+
+    # --- inbound ----------------------------------------------------------------------------
+
+    async def on_frame(self, frame: bytes | str) -> None:
+        """Handle one received frame; replies are queued, never raised."""
+        app = self.app
+        try:
+            msg = self.codec.decode(frame)
+        except DecodeFailure as exc:
+            self._refuse_if_limited(exc.rid)
+            self.send(app.dispatcher.error_reply(exc.rid, exc))
+            return
+        if self._refuse_if_limited(msg.rid):
+            return
+        if app.draining:
+            self.send(
+                app.dispatcher.error_reply(msg.rid, UnavailableError("server is shutting down"))
+            )
+            return
+        app.request_started()
+        try:
+            reply = await app.dispatcher.dispatch(self, msg)
+        finally:
+            app.request_finished()
+        self.send(reply)
+
+    def _refuse_if_limited(self, rid: int | None) -> bool:
+        retry_after_ms = self._bucket.take(time.monotonic())
+        if not retry_after_ms:
+            return False
+        self.app.metrics.rate_limited.inc()
+        if self._bucket.refused_in_row > self._bucket.burst:
+            # Still flooding after a whole burst of refusals: abuse, not a burst.
+            log.warning("closing %s: rate limit abuse", self.transport.remote)
+            self._closing = True
+            asyncio.get_running_loop().create_task(
+                self.transport.close(CLOSE_POLICY, "rate limit exceeded")
+            )
+            return True
+        self.send(self.app.dispatcher.error_reply(rid, RateLimitedError(retry_after_ms)))
+        return True
+
+    # --- outbound ---------------------------------------------------------------------------
+
+    def send(self, msg: ServerMessage) -> None:
+        """Queue a message. A full queue means the client is not reading: abort it."""
+        if self.aborted:
+            return
+        self.app.metrics.messages_out.labels(tag_of(type(msg))).inc()
+        self.send_frame(self.codec.encode(msg))
+
+    def send_frame(self, frame: bytes) -> None:
+        if self.aborted:
+            return
+        if len(self._queue) >= self._queue_max:
+            self.abort_slow("outbound queue full")
+            return
+        self._queue.append(frame)
+        self._wake.set()
+
+    def abort_slow(self, why: str) -> None:
+        if self.aborted:
+            return
+        self.aborted = True
+        self._queue.clear()
+        self.app.metrics.slow_consumer_aborts.inc()
+        log.warning("aborting slow consumer %s: %s", self.transport.remote, why)
+        self.transport.abort()
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        send = self.transport.send
+        text = self._text
+        while True:
+            if not queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            frame = queue.popleft()
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    await send(frame, text)
+            except TimeoutError:
+                self.abort_slow(f"write blocked for {self._write_timeout}s")
+                return
+            except Exception:  # transport closed under us: the reader side will finish
+                return
