@@ -15,6 +15,7 @@ import msgspec
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 from protocol.errors import BadRequestError
 from protocol.messages import ClientMessage, Request, ServerMessage
+from protocol.types import MAX_RID
 
 
 class _RidOnly(msgspec.Struct):
@@ -23,7 +24,7 @@ class _RidOnly(msgspec.Struct):
     rid: int | None = None
 
 
-class DecodeFailure(BadRequestError):
+class FrameDecodeError(BadRequestError):
     """A frame that is not a valid client message. ``rid`` is what could be read, or None."""
 
     def __init__(self, message: str, rid: int | None, **details: object) -> None:
@@ -59,7 +60,7 @@ class Codec:
         """Decode one client frame.
 
         Raises:
-            DecodeFailure: the frame is not a valid client message.
+            FrameDecodeError: the frame is not a valid client message.
         """
         if isinstance(frame, str):  # adapters normally hand over raw bytes
             frame = frame.encode("utf-8", "surrogatepass")
@@ -67,23 +68,29 @@ class Codec:
             msg: Request = self._decoder.decode(frame)
             return msg
         except msgspec.ValidationError as exc:
-            raise DecodeFailure(
+            raise FrameDecodeError(
                 "invalid message", self._recover_rid(frame), reason=str(exc)
             ) from None
         except msgspec.DecodeError as exc:
-            raise DecodeFailure(
+            raise FrameDecodeError(
                 "malformed frame", self._recover_rid(frame), reason=str(exc)
             ) from None
+        except UnicodeError as exc:  # invalid UTF-8 inside a string, or a lone surrogate
+            raise FrameDecodeError(
+                "malformed frame", self._recover_rid(frame), reason=f"invalid UTF-8: {exc.reason}"
+            ) from None
         except RecursionError:
-            raise DecodeFailure(
+            raise FrameDecodeError(
                 "message nested too deeply", None, reason="maximum nesting depth exceeded"
             ) from None
 
     def _recover_rid(self, frame: bytes) -> int | None:
         try:
-            return self._rid_decoder.decode(frame).rid
-        except (msgspec.DecodeError, RecursionError):
+            rid = self._rid_decoder.decode(frame).rid
+        except (msgspec.DecodeError, RecursionError, UnicodeError):
             return None
+        # Echo only a rid a valid request could have carried.
+        return rid if rid is not None and 0 <= rid <= MAX_RID else None
 
     def encode_message(self, msg: ServerMessage) -> bytes:
         return self.encode(msg)

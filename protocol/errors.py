@@ -35,6 +35,17 @@ class GearhallError(Exception):
     """Base of every error that becomes an error reply. Never raised directly."""
 
     code: ClassVar[ErrorCode]
+    _declared: ClassVar[dict[ErrorCode, type[GearhallError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # A code belongs to exactly one class, wherever that class is defined: subclasses
+        # elsewhere (codec, domains) may specialise a code but never declare one again.
+        super().__init_subclass__()
+        declared = cls.__dict__.get("code")
+        if declared is not None:
+            owner = GearhallError._declared.setdefault(declared, cls)
+            if owner is not cls:
+                raise TypeError(f"error code {declared} declared twice: {owner}, {cls}")
 
     def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)
@@ -140,22 +151,12 @@ class SlotIncompatibleError(ConflictError):
         )
 
 
-def _check_unique_codes() -> dict[ErrorCode, type[GearhallError]]:
-    by_code: dict[ErrorCode, type[GearhallError]] = {}
-    pending: list[type[GearhallError]] = [GearhallError]
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        declared = cls.__dict__.get("code")
-        if declared is None:
-            continue
-        if declared in by_code:
-            raise TypeError(f"error code {declared} declared twice: {by_code[declared]}, {cls}")
-        by_code[declared] = cls
+def _check_all_codes_declared() -> dict[ErrorCode, type[GearhallError]]:
+    by_code = dict(GearhallError._declared)
     missing = set(ErrorCode) - set(by_code)
     if missing:
         raise TypeError(f"error codes without a class: {sorted(missing)}")
     return by_code
 
 
-ERROR_CLASSES = _check_unique_codes()
+ERROR_CLASSES = _check_all_codes_declared()

@@ -12,7 +12,8 @@ Tick = NewType("Tick", int)
 Version = NewType("Version", int)
 
 # Request ids are chosen by the client; we only bound them so they fit an int64 everywhere.
-RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+MAX_RID = 2**53
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=MAX_RID)]
 # Item ids on the wire: positive, JavaScript-safe.
 WireItemId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
 CompartmentIndex = Annotated[int, msgspec.Meta(ge=0, le=1023)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from protocol.messages import ServerMessage, tag_of
+
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
@@ -77,6 +79,15 @@ class Metrics:
             "gearhall_db_pool_connections_in_use", "Pool connections checked out", registry=r
         )
         self.players_online = Gauge("gearhall_players_loaded", "Players held in memory", registry=r)
+
+        self._sent: dict[type[ServerMessage], Counter] = {}
+
+    def sent(self, msg_type: type[ServerMessage]) -> None:
+        """Count one outbound message (label children cached: ``labels()`` is not free)."""
+        child = self._sent.get(msg_type)
+        if child is None:
+            child = self._sent[msg_type] = self.messages_out.labels(tag_of(msg_type))
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

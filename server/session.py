@@ -17,9 +17,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from protocol.codec import Codec, DecodeFailure
+from protocol.codec import Codec, FrameDecodeError
 from protocol.errors import RateLimitedError, UnavailableError
-from protocol.messages import ServerMessage, tag_of
+from protocol.messages import ServerMessage
 from server.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ class Session:
         self._queue_max = settings.outbound_queue_max
         self._write_timeout = settings.write_timeout_s
         self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._text = not codec.binary
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -91,9 +93,7 @@ class Session:
         self._closing = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._write_timeout):
-                while self._queue and not self.aborted:
-                    self._wake.set()
-                    await asyncio.sleep(0)
+                await self._drained.wait()
         if not self.aborted:
             await self.transport.close(code, reason)
 
@@ -104,7 +104,7 @@ class Session:
         app = self.app
         try:
             msg = self.codec.decode(frame)
-        except DecodeFailure as exc:
+        except FrameDecodeError as exc:
             self._refuse_if_limited(exc.rid)
             self.send(app.dispatcher.error_reply(exc.rid, exc))
             return
@@ -144,7 +144,7 @@ class Session:
         """Queue a message. A full queue means the client is not reading: abort it."""
         if self.aborted:
             return
-        self.app.metrics.messages_out.labels(tag_of(type(msg))).inc()
+        self.app.metrics.sent(type(msg))
         self.send_frame(self.codec.encode(msg))
 
     def send_frame(self, frame: bytes) -> None:
@@ -154,6 +154,7 @@ class Session:
             self.abort_slow("outbound queue full")
             return
         self._queue.append(frame)
+        self._drained.clear()
         self._wake.set()
 
     def abort_slow(self, why: str) -> None:
@@ -171,6 +172,7 @@ class Session:
         text = self._text
         while True:
             if not queue:
+                self._drained.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue

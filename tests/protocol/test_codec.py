@@ -1,4 +1,4 @@
-"""The decode boundary: every unreadable frame becomes a ``DecodeFailure``, with the ``rid``
+"""The decode boundary: every unreadable frame becomes a ``FrameDecodeError``, with the ``rid``
 when one can still be read, and the error codes it and its siblings carry are a closed set.
 """
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, SUBPROTOCOLS
-from protocol.codec import CODECS, Codec, DecodeFailure
+from protocol.codec import CODECS, Codec, FrameDecodeError
 from protocol.errors import ERROR_CLASSES, BadRequestError, ErrorCode, GearhallError
 from protocol.messages import (
     CLIENT_MESSAGES,
@@ -53,6 +53,8 @@ BAD_FRAMES: dict[str, Bad] = {
     "msgpack_invalid_opcode": Bad(MSGPACK, b"\xc1", None, "MessagePack data is malformed"),
     "msgpack_truncated_map": Bad(MSGPACK, b"\x82" + mp("t") + mp("ping"), None, "truncated"),
     "msgpack_empty": Bad(MSGPACK, b"", None, "truncated"),
+    # A text frame on the binary subprotocol: its UTF-8 bytes are not a MessagePack map.
+    "msgpack_text_frame": Bad(MSGPACK, '{"t":"ping","rid":1}', None, "Expected `object`"),
     # Well-formed but not a message.
     "json_top_level_int": Bad(JSON, b"7", None, "Expected `object`, got `int`"),
     "json_top_level_null": Bad(JSON, b"null", None, "Expected `object`, got `null`"),
@@ -120,44 +122,36 @@ BAD_FRAMES: dict[str, Bad] = {
         6,
         "missing required field `slot`",
     ),
-    "json_unknown_field": Bad(
-        JSON, b'{"t":"ping","rid":3,"extra":1}', 3, "unknown field `extra`"
-    ),
+    "json_unknown_field": Bad(JSON, b'{"t":"ping","rid":3,"extra":1}', 3, "unknown field `extra`"),
     "msgpack_unknown_field": Bad(
         MSGPACK, mp({"t": "ping", "rid": 3, "extra": 1}), 3, "unknown field `extra`"
     ),
 }
 
-# Frames codec.py lets escape as something other than DecodeFailure today. Strict: when
-# the codec is fixed these turn into failures, and the marks must go.
-KNOWN_ESCAPES = [
+# Invalid UTF-8 inside strings: msgspec raises UnicodeDecodeError, not DecodeError.
+UNICODE_FRAMES = [
     pytest.param(
         Bad(JSON, b'{"t":"session.hello","rid":3,"token":"\xff"}', 3, "utf-8"),
         id="json_invalid_utf8_in_bytes",
-        marks=pytest.mark.xfail(
-            strict=True, raises=UnicodeDecodeError, reason="Codec.decode misses UnicodeError"
-        ),
     ),
     pytest.param(
-        Bad(MSGPACK, b"\x83" + mp("t") + mp("session.hello") + mp("rid") + mp(3) + mp("token")
-            + b"\xa1\xff", 3, "utf-8"),
+        Bad(
+            MSGPACK,
+            b"\x83" + mp("t") + mp("session.hello") + mp("rid") + mp(3) + mp("token") + b"\xa1\xff",
+            3,
+            "utf-8",
+        ),
         id="msgpack_invalid_utf8_str",
-        marks=pytest.mark.xfail(
-            strict=True, raises=UnicodeDecodeError, reason="Codec.decode misses UnicodeError"
-        ),
     ),
     pytest.param(
-        Bad(MSGPACK, '{"t":"ping","rid":1}', None, "binary"),
-        id="msgpack_text_frame",
-        marks=pytest.mark.xfail(
-            strict=True, raises=TypeError, reason="msgpack Decoder.decode rejects str"
-        ),
+        Bad(JSON, '{"t":"session.hello","rid":3,"token":"\ud800"}', 3, "utf-8"),
+        id="json_lone_surrogate_in_text",
     ),
 ]
 
 
-def _decode_failure(subprotocol: str, frame: bytes | str) -> DecodeFailure:
-    with pytest.raises(DecodeFailure) as info:
+def _decode_failure(subprotocol: str, frame: bytes | str) -> FrameDecodeError:
+    with pytest.raises(FrameDecodeError) as info:
         CODECS[subprotocol].decode(frame)
     return info.value
 
@@ -171,7 +165,7 @@ def test_bad_frame_raises_decode_failure(case: Bad) -> None:
     assert exc.code is ErrorCode.BAD_REQUEST
 
 
-@pytest.mark.parametrize("case", KNOWN_ESCAPES)
+@pytest.mark.parametrize("case", UNICODE_FRAMES)
 def test_bad_frame_that_escapes_today(case: Bad) -> None:
     exc = _decode_failure(case.subprotocol, case.frame)
 
@@ -275,15 +269,21 @@ def test_out_of_range_field_is_refused(subprotocol: str, field: str, msg: Reques
         assert exc.rid == msg.rid
 
 
-# --- no frame escapes as anything but DecodeFailure --------------------------------------
+# --- no frame escapes as anything but FrameDecodeError --------------------------------------
 
 # Valid-UTF-8 values of any shape, encoded: the decoder must answer every one of them.
 _VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=8)
     | st.sampled_from(["ping", "session.hello", "inventory.move_item", "backpack", "head"]),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["t", "rid", "token", "item_id", "slot", "x"]), children,
-                      max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["t", "rid", "token", "item_id", "slot", "x"]), children, max_size=5
+        )
+    ),
     max_leaves=10,
 )
 
@@ -291,7 +291,7 @@ _VALUES = st.recursive(
 def _decode_or_failure(codec: Codec, frame: bytes | str) -> None:
     try:
         msg = codec.decode(frame)
-    except DecodeFailure as exc:
+    except FrameDecodeError as exc:
         assert exc.rid is None or isinstance(exc.rid, int)
         assert isinstance(exc.details["reason"], str)
     else:
@@ -312,7 +312,7 @@ def test_any_text_frame_decodes_or_fails_cleanly(text: str) -> None:
 
 
 def test_unknown_subprotocol_is_refused() -> None:
-    with pytest.raises(ValueError, match="gearhall.v2.json"):
+    with pytest.raises(ValueError, match=r"gearhall\.v2\.json"):
         Codec("gearhall.v2.json")
 
 
@@ -347,8 +347,8 @@ def test_every_error_class_inherits_its_code_from_the_declaring_class() -> None:
 
 
 def test_decode_failure_is_a_bad_request() -> None:
-    assert issubclass(DecodeFailure, BadRequestError)
-    assert DecodeFailure.code is ErrorCode.BAD_REQUEST
+    assert issubclass(FrameDecodeError, BadRequestError)
+    assert FrameDecodeError.code is ErrorCode.BAD_REQUEST
 
 
 @pytest.mark.parametrize("code", list(ErrorCode), ids=str)

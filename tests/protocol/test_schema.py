@@ -1,0 +1,404 @@
+"""The exported JSON Schema and AsyncAPI documents say what the Structs say.
+
+``jsonschema`` is not a dependency, so real encoded messages are checked with a small
+validator for exactly the keywords msgspec emits; it refuses any keyword it does not know,
+so a schema that grows one makes these tests fail instead of passing unchecked.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+
+from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
+from protocol.errors import ErrorCode
+from protocol.messages import (
+    CLIENT_MESSAGES,
+    SERVER_MESSAGES,
+    EffectsReply,
+    EquipItem,
+    ErrorReply,
+    MoveItem,
+    Ping,
+    PlayerDelta,
+    Pong,
+    SessionHello,
+    SessionWelcome,
+    UnequipItem,
+    tag_of,
+)
+from protocol.model import (
+    CooldownStarted,
+    ItemCreated,
+    ItemEquipped,
+    ItemInstance,
+    ItemMoved,
+    ItemUnequipped,
+    PlayerState,
+)
+from protocol.schema import asyncapi, json_schema, render, server_version
+
+# --- a validator for the keywords msgspec emits ------------------------------------------
+
+_ANNOTATIONS = {"title", "description", "default", "discriminator", "$schema", "$id", "$defs"}
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
+
+
+def resolve(doc: dict[str, object], ref: str) -> object:
+    """The node a local JSON pointer ``#/a/b`` names in ``doc``; KeyError when none."""
+    assert ref.startswith("#/"), ref
+    node: object = doc
+    for part in ref[2:].split("/"):
+        assert isinstance(node, dict), ref
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def errors(doc: dict[str, object], schema: object, value: object, at: str = "$") -> list[str]:
+    """Why ``value`` does not match ``schema``; empty when it does."""
+    assert isinstance(schema, dict), schema
+    unknown = set(schema) - _ANNOTATIONS - {
+        "$ref", "type", "enum", "anyOf", "oneOf", "properties", "required",
+        "additionalProperties", "items", "minimum", "maximum", "minLength", "maxLength",
+    }  # fmt: skip
+    assert not unknown, f"validator does not know {unknown}"
+    found: list[str] = []
+    if "$ref" in schema:
+        found += errors(doc, resolve(doc, str(schema["$ref"])), value, at)
+    if "type" in schema:
+        kind = str(schema["type"])
+        if not isinstance(value, _TYPES[kind]) or (kind == "integer" and isinstance(value, bool)):
+            return [f"{at}: expected {kind}, got {value!r:.40}"]
+    if "enum" in schema and value not in schema["enum"]:
+        found.append(f"{at}: {value!r} not in {schema['enum']}")
+    for keyword, exactly_one in (("anyOf", False), ("oneOf", True)):
+        if keyword in schema:
+            branches = schema[keyword]
+            assert isinstance(branches, list)
+            matches = sum(not errors(doc, branch, value, at) for branch in branches)
+            if matches == 0 or (exactly_one and matches != 1):
+                found.append(f"{at}: {matches} branches of {keyword} match")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            found.append(f"{at}: {value} < minimum")
+        if "maximum" in schema and value > schema["maximum"]:
+            found.append(f"{at}: {value} > maximum")
+    if isinstance(value, str):
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            found.append(f"{at}: shorter than minLength")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            found.append(f"{at}: longer than maxLength")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            found += errors(doc, schema["items"], item, f"{at}[{i}]")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        assert isinstance(properties, dict)
+        required = schema.get("required", [])
+        assert isinstance(required, list)
+        found += [f"{at}: missing {name}" for name in required if name not in value]
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in properties:
+                found += errors(doc, properties[key], item, f"{at}.{key}")
+            elif extra is False:
+                found.append(f"{at}: unexpected {key}")
+            elif isinstance(extra, dict):
+                found += errors(doc, extra, item, f"{at}.{key}")
+    return found
+
+
+# --- real messages -------------------------------------------------------------------------
+
+STATE = PlayerState(
+    player_id=7,
+    name="Ada",
+    version=3,
+    items={1: ItemInstance(id=1, template="sword"), 2: ItemInstance(id=2, template="gem", qty=9)},
+    compartments={"backpack": [None, 2, None]},
+    equipment={"main_hand": 1},
+    cooldowns={"potion": 1200},
+)
+EFFECTS = [
+    ItemCreated(item=ItemInstance(id=2, template="gem"), compartment="backpack", index=1),
+    ItemEquipped(item_id=1, slot="main_hand", compartment="backpack", index=0, displaced=3),
+    ItemUnequipped(item_id=3, slot="head", compartment="backpack", index=2),
+    ItemMoved(item_id=2, from_compartment="backpack", from_index=1, to_compartment="backpack",
+              to_index=5),
+    CooldownStarted(group="potion", ready_at=1200),
+]  # fmt: skip
+MESSAGES: list[msgspec.Struct] = [
+    SessionHello(rid=0, token="x" * 4096),
+    SessionHello(rid=2**53, token="t", resume=0),
+    Ping(rid=1),
+    EquipItem(rid=2, item_id=2**53, slot="trinket2"),
+    UnequipItem(rid=3, slot="head"),
+    UnequipItem(rid=3, slot="off_hand", compartment="b" * 32, index=1023),
+    MoveItem(rid=4, item_id=1, compartment="backpack", index=0),
+    SessionWelcome(rid=0, protocol_version=1, server_version="0.1.0", tick_hz=20, tick=5,
+                   player_id=7, version=3, resumed=False, state=STATE),
+    SessionWelcome(rid=0, protocol_version=1, server_version="0.1.0", tick_hz=20, tick=5,
+                   player_id=7, version=8, resumed=True, effects=EFFECTS),
+    Pong(rid=1, tick=99),
+    EffectsReply(rid=2, version=8, effects=EFFECTS),
+    PlayerDelta(seq=8, effects=EFFECTS),
+    ErrorReply(rid=None, code=ErrorCode.BAD_REQUEST, message="bad", details={"reason": "x"}),
+    ErrorReply(rid=5, code=ErrorCode.RATE_LIMITED, message="slow down",
+               details={"retry_after_ms": 250, "nested": [1, {"a": None}], "ok": True}),
+]  # fmt: skip
+
+
+def _wire(msg: msgspec.Struct) -> object:
+    # What a client reads from a JSON frame.
+    return json.loads(msgspec.json.encode(msg))
+
+
+def test_examples_cover_every_message_and_effect() -> None:
+    assert {type(m) for m in MESSAGES} == set(CLIENT_MESSAGES) | set(SERVER_MESSAGES)
+    assert {type(e) for e in EFFECTS} == {
+        ItemCreated, ItemEquipped, ItemUnequipped, ItemMoved, CooldownStarted
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_encoded_message_validates_against_json_schema(msg: msgspec.Struct) -> None:
+    doc = json_schema()
+
+    assert errors(doc, doc, _wire(msg)) == []
+
+
+def _mutated(msg: msgspec.Struct, **changes: object) -> object:
+    wire = _wire(msg)
+    assert isinstance(wire, dict)
+    return {**wire, **changes}
+
+
+REJECTED = {
+    "unknown_tag": _mutated(Ping(rid=1), t="nope"),
+    "request_unknown_field": _mutated(Ping(rid=1), extra=1),
+    "rid_negative": _mutated(Ping(rid=1), rid=-1),
+    "rid_too_big": _mutated(Ping(rid=1), rid=2**53 + 1),
+    "rid_bool": _mutated(Ping(rid=1), rid=True),
+    "token_empty": _mutated(SessionHello(rid=1, token="t"), token=""),
+    "token_too_long": _mutated(SessionHello(rid=1, token="t"), token="x" * 4097),
+    "slot_unknown": _mutated(EquipItem(rid=1, item_id=1, slot="head"), slot="tail"),
+    "item_id_zero": _mutated(EquipItem(rid=1, item_id=1, slot="head"), item_id=0),
+    "index_too_big": _mutated(UnequipItem(rid=1, slot="head"), index=1024),
+    "compartment_too_long": _mutated(UnequipItem(rid=1, slot="head"), compartment="b" * 33),
+    "missing_field": {"t": "inventory.move_item", "rid": 1, "item_id": 1, "index": 0},
+    "error_code_unknown": _mutated(
+        ErrorReply(rid=1, code=ErrorCode.INTERNAL, message="m"), code="oops"
+    ),
+    "effect_unknown": _mutated(PlayerDelta(seq=1, effects=[]), effects=[{"e": "nope"}]),
+    "not_an_object": [1, 2],
+}
+
+
+@pytest.mark.parametrize("frame", REJECTED.values(), ids=REJECTED.keys())
+def test_invalid_frame_does_not_validate(frame: object) -> None:
+    doc = json_schema()
+
+    assert errors(doc, doc, frame) != []
+
+
+def test_reply_accepts_unknown_fields_request_does_not() -> None:
+    # DESIGN §6: requests forbid unknown fields, replies do not.
+    doc = json_schema()
+    defs = doc["$defs"]
+    assert isinstance(defs, dict)
+
+    for cls in CLIENT_MESSAGES:
+        assert defs[cls.__name__]["additionalProperties"] is False, cls
+    for cls in SERVER_MESSAGES:
+        assert "additionalProperties" not in defs[cls.__name__], cls
+    assert errors(doc, doc, _mutated(Pong(rid=1, tick=2), added_later=1)) == []
+
+
+# --- structure -----------------------------------------------------------------------------
+
+
+def _walk(node: object) -> Iterator[tuple[str, object]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _refs(doc: dict[str, object]) -> list[str]:
+    refs = [str(value) for key, value in _walk(doc) if key == "$ref"]
+    for key, value in _walk(doc):
+        if key == "discriminator" and isinstance(value, dict):
+            refs += [str(target) for target in value["mapping"].values()]
+    return refs
+
+
+def _union_members(schema: object) -> set[str]:
+    assert isinstance(schema, dict)
+    return {str(branch["$ref"]).rsplit("/", 1)[1] for branch in schema["anyOf"]}
+
+
+def test_json_schema_names_every_tag_once_per_side() -> None:
+    defs = json_schema()["$defs"]
+    assert isinstance(defs, dict)
+
+    assert _union_members(defs["ClientMessage"]) == {c.__name__ for c in CLIENT_MESSAGES}
+    assert _union_members(defs["ServerMessage"]) == {c.__name__ for c in SERVER_MESSAGES}
+    for cls in CLIENT_MESSAGES + SERVER_MESSAGES:
+        assert defs[cls.__name__]["properties"]["t"] == {"enum": [tag_of(cls)]}
+        assert "t" in defs[cls.__name__]["required"]
+    assert defs["ClientMessage"]["discriminator"]["mapping"] == {
+        tag_of(c): f"#/$defs/{c.__name__}" for c in CLIENT_MESSAGES
+    }
+    assert defs["ServerMessage"]["discriminator"]["mapping"] == {
+        tag_of(c): f"#/$defs/{c.__name__}" for c in SERVER_MESSAGES
+    }
+
+
+def test_client_and_server_tags_are_disjoint() -> None:
+    # The top level is oneOf client/server: a tag on both sides would match twice.
+    assert not {tag_of(c) for c in CLIENT_MESSAGES} & {tag_of(c) for c in SERVER_MESSAGES}
+
+
+def test_json_schema_top_level_is_one_of_client_or_server() -> None:
+    doc = json_schema()
+
+    assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert doc["oneOf"] == [{"$ref": "#/$defs/ClientMessage"}, {"$ref": "#/$defs/ServerMessage"}]
+
+
+def test_error_code_enum_is_complete_and_documented() -> None:
+    defs = json_schema()["$defs"]
+    assert isinstance(defs, dict)
+    error_code = defs["ErrorCode"]
+
+    assert sorted(error_code["enum"]) == sorted(code.value for code in ErrorCode)
+    for code in ErrorCode:
+        assert re.search(rf"^- `{code.value}`: \S", error_code["description"], re.M), code
+    assert defs["ErrorReply"]["properties"]["code"] == {"$ref": "#/$defs/ErrorCode"}
+
+
+@pytest.mark.parametrize("build", [json_schema, asyncapi], ids=["jsonschema", "asyncapi"])
+def test_every_ref_resolves_inside_the_document(build: object) -> None:
+    assert callable(build)
+    doc = build()
+    refs = _refs(doc)
+
+    assert refs
+    for ref in refs:
+        assert isinstance(resolve(doc, ref), dict), ref
+
+
+class _AnyText:
+    """Equal to any non-empty string: for prose the test does not pin down."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+ANY_TEXT = _AnyText()
+
+
+def test_asyncapi_header_server_and_channel() -> None:
+    doc = asyncapi()
+
+    assert doc["asyncapi"] == "3.0.0"
+    assert doc["info"]["version"] == importlib.metadata.version("gearhall")
+    assert doc["servers"] == {
+        "local": {"host": "127.0.0.1:8765", "protocol": "ws", "description": ANY_TEXT}
+    }
+    (channel,) = doc["channels"].values()
+    assert channel["address"] == "/"
+    header = channel["bindings"]["ws"]["headers"]["properties"]["Sec-WebSocket-Protocol"]
+    assert sorted(header["enum"]) == sorted([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK])
+    for text in (doc["info"]["description"], channel["description"]):
+        assert SUBPROTOCOL_JSON in text
+        assert SUBPROTOCOL_MSGPACK in text
+
+
+def test_asyncapi_every_message_is_used_by_one_operation_in_its_direction() -> None:
+    doc = asyncapi()
+    components = doc["components"]["messages"]
+    channel_id, channel = next(iter(doc["channels"].items()))
+
+    used: dict[str, str] = {}
+    for operation in doc["operations"].values():
+        assert operation["channel"] == {"$ref": f"#/channels/{channel_id}"}
+        for message in operation["messages"]:
+            # AsyncAPI 3: an operation's messages are a subset of its channel's.
+            prefix = f"#/channels/{channel_id}/messages/"
+            assert message["$ref"].startswith(prefix)
+            name = message["$ref"].removeprefix(prefix)
+            assert name not in used
+            used[name] = operation["action"]
+
+    assert set(used) == set(components) == set(channel["messages"])
+    assert used == {
+        **{c.__name__: "receive" for c in CLIENT_MESSAGES},
+        **{c.__name__: "send" for c in SERVER_MESSAGES},
+    }
+
+
+def test_asyncapi_payloads_are_the_struct_schemas() -> None:
+    doc = asyncapi()
+    schemas = doc["components"]["schemas"]
+    defs = json_schema()["$defs"]
+    assert isinstance(defs, dict)
+
+    for cls in CLIENT_MESSAGES + SERVER_MESSAGES:
+        message = doc["components"]["messages"][cls.__name__]
+        assert message["name"] == tag_of(cls)
+        assert message["payload"] == {"$ref": f"#/components/schemas/{cls.__name__}"}
+        assert schemas[cls.__name__]["properties"]["t"] == {"enum": [tag_of(cls)]}
+        assert set(schemas[cls.__name__]["properties"]) == set(defs[cls.__name__]["properties"])
+        assert ("correlationId" in message) == ("rid" in cls.__struct_fields__)
+    assert "ErrorCode" in schemas
+
+
+def test_asyncapi_schemas_use_component_refs_and_no_openapi_discriminator() -> None:
+    text = render("asyncapi")
+
+    assert "#/$defs/" not in text
+    # AsyncAPI's Schema Object takes a property name there, not OpenAPI's object.
+    assert [k for k, v in _walk(json.loads(text)) if k == "discriminator"] == []
+
+
+@pytest.mark.parametrize("fmt", ["jsonschema", "asyncapi"])
+def test_render_is_deterministic_json_of_the_document(fmt: str) -> None:
+    first = render(fmt)
+
+    assert render(fmt) == first
+    builder = json_schema if fmt == "jsonschema" else asyncapi
+    assert json.loads(first) == json.loads(json.dumps(builder()))
+    assert first.endswith("}\n")
+
+
+def test_render_refuses_unknown_format() -> None:
+    with pytest.raises(ValueError, match="yaml"):
+        render("yaml")
+
+
+def test_server_version_falls_back_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+
+    assert server_version() == "0.0.0"
+    assert asyncapi()["info"]["version"] == "0.0.0"

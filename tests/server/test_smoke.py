@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from tests.support.client import JSON, MSGPACK, Client
+
+
+async def test_hello_equip_unequip_both_encodings(url: str) -> None:
+    for i, sub in enumerate((JSON, MSGPACK)):
+        c = await Client.open(url, sub)
+        welcome = await c.hello(f"smoke{i}")
+        assert welcome["t"] == "session.welcome"
+        assert welcome["resumed"] is False
+        item = welcome["state"]["compartments"]["backpack"][0]
+        reply = await c.request("inventory.equip_item", item_id=item, slot="head")
+        assert reply["t"] == "effects"
+        assert reply["version"] == welcome["version"] + 1
+        assert reply["effects"][0]["e"] == "item_equipped"
+        reply = await c.request("inventory.unequip_item", slot="head")
+        assert reply["effects"][0]["index"] == 0
+        pong = await c.request("ping")
+        assert pong["t"] == "pong"
+        await c.close()

@@ -1,0 +1,1 @@
+"""Shared test helpers: a real Postgres, a real server, a real WebSocket client."""
