@@ -77,7 +77,7 @@ class Codec:
             ) from None
         except UnicodeError as exc:  # invalid UTF-8 inside a string, or a lone surrogate
             raise FrameDecodeError(
-                "malformed frame", self._recover_rid(frame), reason=f"invalid UTF-8: {exc.reason}"
+                "malformed frame", self._recover_rid(frame), reason=f"invalid UTF-8: {exc}"
             ) from None
         except RecursionError:
             raise FrameDecodeError(

@@ -33,14 +33,14 @@ from sim.state import decode_state, encode_state, first_free, new_player
 from tests.sim.support import BACKPACK_SIZE, CATALOG, KIT_IDS, UNOWNED, ctx, decide
 
 PROPERTY_SETTINGS = settings(
-    max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 REPLAY_SETTINGS = settings(
-    max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 START_TICK = 10_000
-GRANT_IDS = tuple(range(1000, 1024))  # ids the grant step hands out, in order
+GRANT_IDS = tuple(range(1000, 1040))  # ids the grant step hands out, in order
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Advance:
 @dataclass(frozen=True)
 class Grant:
     template: str
+    count: int
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ steps: st.SearchStrategy[Step] = st.one_of(
     ),
     st.builds(MoveItem, rid=st.just(1), item_id=item_ids, compartment=compartments, index=indexes),
     st.builds(Advance, st.integers(0, 30)),
-    st.builds(Grant, st.sampled_from(sorted(CATALOG.templates))),
+    st.builds(Grant, st.sampled_from(sorted(CATALOG.templates)), st.integers(1, 24)),
     st.builds(
         Pick,
         st.sampled_from(["equip", "equip", "unequip", "move"]),
@@ -173,30 +174,31 @@ def run_session(session_steps: list[Step]) -> Session:
             tick += step.ticks
             continue
         if isinstance(step, Grant):
-            index = first_free(player.compartments["backpack"])
-            item_id = next(grant_ids, None)
-            if index is not None and item_id is not None:
+            for _ in range(step.count):
+                index = first_free(player.compartments["backpack"])
+                item_id = next(grant_ids, None)
+                if index is None or item_id is None:
+                    break
                 item = ItemInstance(id=item_id, template=step.template)
                 session.apply([ItemCreated(item=item, compartment="backpack", index=index)])
             continue
-        if isinstance(step, Pick):
-            step = aim(step, player)
+        intent = aim(step, player) if isinstance(step, Pick) else step
         before = encode_state(player)
         try:
-            effects = decide(player, step, tick)
+            effects = decide(player, intent, tick)
         except GearhallError as exc:
-            event(f"{type(step).__name__}: {type(exc).__name__}")
+            event(f"{type(intent).__name__}: {type(exc).__name__}")
             assert encode_state(player) == before, "a failing rule changed the state"
-            if not isinstance(step, UnequipItem) and step.item_id not in player.items:
+            if not isinstance(intent, UnequipItem) and intent.item_id not in player.items:
                 assert isinstance(exc, ItemNotOwnedError)
             continue
         assert encode_state(player) == before, "a rule changed the state"
-        if isinstance(step, EquipItem):
-            template = CATALOG.templates[player.items[step.item_id].template]
-            assert step.slot in template.slots, "equipped into a slot the template does not fit"
-        event(f"{type(step).__name__}: {len(effects)} effects")
+        if isinstance(intent, EquipItem):
+            template = CATALOG.templates[player.items[intent.item_id].template]
+            assert intent.slot in template.slots, "equipped into a slot the template does not fit"
+        event(f"{type(intent).__name__}: {len(effects)} effects")
         session.apply(effects)
-        check_outcome(decode_state(before), player, step)
+        check_outcome(decode_state(before), player, intent)
     check_invariants(player, len(session.effects))
     return session
 
