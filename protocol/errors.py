@@ -97,12 +97,12 @@ class CooldownActiveError(GearhallError):
 
     code = ErrorCode.COOLDOWN_ACTIVE
 
-    def __init__(self, group: str, retry_after_ms: int, ready_at: int) -> None:
+    def __init__(self, group: str, retry_after_ms: int, ready_at_ms: int) -> None:
         super().__init__(
             f"cooldown {group!r} is active",
             group=group,
             retry_after_ms=retry_after_ms,
-            ready_at=ready_at,
+            ready_at_ms=ready_at_ms,
         )
 
 

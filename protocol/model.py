@@ -52,7 +52,9 @@ class PlayerState(msgspec.Struct, kw_only=True):
     optimistic-lock value, the snapshot position and the client's resume point.
     ``compartments`` maps a compartment name to its fixed list of cells (``None`` = empty);
     ``equipment`` maps an occupied slot to an item id; ``cooldowns`` maps a cooldown group
-    to the tick at which it is ready again (deadlines, never countdowns).
+    to the Unix time in milliseconds at which it is ready again (deadlines, never
+    countdowns). Milliseconds, not tick numbers: a tick number's meaning depends on the tick
+    rate, and a deadline must survive a restart at another rate.
     """
 
     player_id: int
@@ -111,10 +113,11 @@ class ItemMoved(Effect, tag="item_moved", frozen=True):
 
 
 class CooldownStarted(Effect, tag="cooldown_started", frozen=True):
-    """Cooldown ``group`` is not ready again before tick ``ready_at``."""
+    """Cooldown ``group`` is not ready again before ``ready_at_ms`` (Unix milliseconds, always
+    on a tick boundary)."""
 
     group: str
-    ready_at: int
+    ready_at_ms: int
 
 
 AnyEffect = ItemCreated | ItemEquipped | ItemUnequipped | ItemMoved | CooldownStarted

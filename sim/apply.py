@@ -36,7 +36,7 @@ def apply(player: PlayerState, effect: AnyEffect) -> PlayerState:
         src[effect.from_index] = effect.displaced
         dst[effect.to_index] = effect.item_id
     elif isinstance(effect, CooldownStarted):
-        player.cooldowns[effect.group] = effect.ready_at
+        player.cooldowns[effect.group] = effect.ready_at_ms
     elif isinstance(effect, ItemCreated):
         player.items[effect.item.id] = effect.item
         player.compartments[effect.compartment][effect.index] = effect.item.id

@@ -10,6 +10,8 @@ Edge cases accepted on purpose:
   unequip first. The game-model issue adds slot-to-slot moves.
 - An equip cooldown belongs to the slot (``equip:<slot>``) and blocks equip and unequip in
   that slot only; it is started by items whose template has ``equip_cooldown_ms > 0``.
+- Cooldown deadlines are rounded up to a tick boundary and stored in milliseconds, so they
+  mean the same after a restart at a different tick rate.
 """
 
 from __future__ import annotations
@@ -87,9 +89,10 @@ def _template(ctx: RuleContext, item: ItemInstance) -> ItemTemplate:
 
 
 def _check_cooldown(player: PlayerState, group: str, ctx: RuleContext) -> None:
-    ready_at = player.cooldowns.get(group, 0)
-    if ready_at > ctx.tick:
-        raise CooldownActiveError(group, (ready_at - ctx.tick) * ctx.tick_ms, ready_at)
+    ready_at_ms = player.cooldowns.get(group, 0)
+    now_ms = ctx.tick * ctx.tick_ms
+    if ready_at_ms > now_ms:
+        raise CooldownActiveError(group, ready_at_ms - now_ms, ready_at_ms)
 
 
 def _cells(player: PlayerState, compartment: str, index: int | None) -> list[int | None]:
@@ -144,8 +147,8 @@ def equip_item(player: PlayerState, intent: EquipItem, ctx: RuleContext) -> list
         )
     ]
     if tpl.equip_cooldown_ms > 0:
-        ready_at = ctx.tick + ticks_for_ms(tpl.equip_cooldown_ms, ctx.tick_ms)
-        effects.append(CooldownStarted(group=group, ready_at=ready_at))
+        ready_tick = ctx.tick + ticks_for_ms(tpl.equip_cooldown_ms, ctx.tick_ms)
+        effects.append(CooldownStarted(group=group, ready_at_ms=ready_tick * ctx.tick_ms))
     return effects
 
 
@@ -229,6 +232,8 @@ def grant_starter_kit(
         raise ConflictError("starter kit is only granted to new players")
     if len(item_ids) < len(kit):
         raise ConflictError("not enough item ids for the starter kit", needed=len(kit))
+    if len(set(item_ids[: len(kit)])) != len(kit) or any(i in player.items for i in item_ids):
+        raise ConflictError("starter kit item ids must be fresh and distinct")
     cells = player.compartments["backpack"]
     if len(kit) > len(cells):
         raise InventoryFullError("backpack")

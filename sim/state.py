@@ -9,6 +9,10 @@ from protocol.model import PlayerState
 # Compartment sizes for the first slice of the model; the game-model issue makes them data.
 COMPARTMENT_SIZES: dict[str, int] = {"backpack": 24}
 
+# Bytes follow dict insertion order, which apply() makes a function of the effect history:
+# the same snapshot + the same effects give identical bytes (the replay property). Two equal
+# states reached by different histories may differ in bytes; compare those with ==.
+# (msgspec cannot sort int-keyed dicts, so order="sorted" is not an option.)
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(PlayerState)
 

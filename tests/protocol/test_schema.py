@@ -137,7 +137,7 @@ EFFECTS = [
     ItemUnequipped(item_id=3, slot="head", compartment="backpack", index=2),
     ItemMoved(item_id=2, from_compartment="backpack", from_index=1, to_compartment="backpack",
               to_index=5),
-    CooldownStarted(group="potion", ready_at=1200),
+    CooldownStarted(group="potion", ready_at_ms=1200),
 ]  # fmt: skip
 MESSAGES: list[msgspec.Struct] = [
     SessionHello(rid=0, token="x" * 4096),

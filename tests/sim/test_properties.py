@@ -157,8 +157,8 @@ def aim(pick: Pick, player: PlayerState) -> Request:
         return EquipItem(rid=1, item_id=item_id, slot=slot)
     if pick.kind == "unequip":
         occupied = list(player.equipment)
-        slot = occupied[pick.n % len(occupied)] if occupied else "head"
-        return UnequipItem(rid=1, slot=slot, index=pick.index)  # type: ignore[arg-type]
+        held = occupied[pick.n % len(occupied)] if occupied else "head"
+        return UnequipItem(rid=1, slot=held, index=pick.index)  # type: ignore[arg-type]
     return MoveItem(rid=1, item_id=item_id, compartment="backpack", index=pick.index or 0)
 
 
@@ -189,7 +189,7 @@ def run_session(session_steps: list[Step]) -> Session:
         except GearhallError as exc:
             event(f"{type(intent).__name__}: {type(exc).__name__}")
             assert encode_state(player) == before, "a failing rule changed the state"
-            if not isinstance(intent, UnequipItem) and intent.item_id not in player.items:
+            if isinstance(intent, EquipItem | MoveItem) and intent.item_id not in player.items:
                 assert isinstance(exc, ItemNotOwnedError)
             continue
         assert encode_state(player) == before, "a rule changed the state"

@@ -169,7 +169,7 @@ EQUIP_CASES = [
         equip(SWORD, "main_hand"),
         [
             ItemEquipped(item_id=SWORD, slot="main_hand", compartment=BP, index=5),
-            CooldownStarted(group="equip:main_hand", ready_at=LATER + 20),
+            CooldownStarted(group="equip:main_hand", ready_at_ms=(LATER + 20) * TICK_MS),
         ],
     ),
     Case(
@@ -178,7 +178,7 @@ EQUIP_CASES = [
         equip(BUCKLER, "off_hand"),
         [
             ItemEquipped(item_id=BUCKLER, slot="off_hand", compartment=BP, index=6),
-            CooldownStarted(group="equip:off_hand", ready_at=LATER + 3),
+            CooldownStarted(group="equip:off_hand", ready_at_ms=(LATER + 3) * TICK_MS),
         ],
     ),
     Case(
@@ -187,26 +187,32 @@ EQUIP_CASES = [
         equip(BUCKLER, "off_hand"),
         Raises(
             CooldownActiveError,
-            {"group": "equip:off_hand", "retry_after_ms": 19 * TICK_MS, "ready_at": SWORD_READY},
+            {
+                "group": "equip:off_hand",
+                "retry_after_ms": 19 * TICK_MS,
+                "ready_at_ms": SWORD_READY * TICK_MS,
+            },
         ),
         tick=SETUP_TICK + 1,
     ),
     Case(
-        "cooldown still active one tick before ready_at",
+        "cooldown still active one tick before ready_at_ms",
         (equip(SWORD, "off_hand"),),
         equip(BUCKLER, "off_hand"),
-        Raises(CooldownActiveError, {"retry_after_ms": TICK_MS, "ready_at": SWORD_READY}),
+        Raises(
+            CooldownActiveError, {"retry_after_ms": TICK_MS, "ready_at_ms": SWORD_READY * TICK_MS}
+        ),
         tick=SWORD_READY - 1,
     ),
     Case(
-        "cooldown expires exactly at ready_at (and the swap restarts it)",
+        "cooldown expires exactly at ready_at_ms (and the swap restarts it)",
         (equip(SWORD, "off_hand"),),
         equip(BUCKLER, "off_hand"),
         [
             ItemEquipped(
                 item_id=BUCKLER, slot="off_hand", compartment=BP, index=6, displaced=SWORD
             ),
-            CooldownStarted(group="equip:off_hand", ready_at=SWORD_READY + 3),
+            CooldownStarted(group="equip:off_hand", ready_at_ms=(SWORD_READY + 3) * TICK_MS),
         ],
         tick=SWORD_READY,
     ),
@@ -216,7 +222,7 @@ EQUIP_CASES = [
         equip(BUCKLER, "off_hand"),
         [
             ItemEquipped(item_id=BUCKLER, slot="off_hand", compartment=BP, index=6),
-            CooldownStarted(group="equip:off_hand", ready_at=SETUP_TICK + 1 + 3),
+            CooldownStarted(group="equip:off_hand", ready_at_ms=(SETUP_TICK + 1 + 3) * TICK_MS),
         ],
         tick=SETUP_TICK + 1,
     ),
@@ -283,12 +289,16 @@ UNEQUIP_CASES = [
         unequip("main_hand"),
         Raises(
             CooldownActiveError,
-            {"group": "equip:main_hand", "retry_after_ms": 15 * TICK_MS, "ready_at": SWORD_READY},
+            {
+                "group": "equip:main_hand",
+                "retry_after_ms": 15 * TICK_MS,
+                "ready_at_ms": SWORD_READY * TICK_MS,
+            },
         ),
         tick=SETUP_TICK + 5,
     ),
     Case(
-        "unequip allowed exactly at ready_at",
+        "unequip allowed exactly at ready_at_ms",
         (equip(SWORD, "main_hand"),),
         unequip("main_hand"),
         [ItemUnequipped(item_id=SWORD, slot="main_hand", compartment=BP, index=5)],
@@ -421,14 +431,14 @@ def test_retry_after_ms_uses_the_context_tick_length() -> None:
     player = starter()
     context = RuleContext(tick=100, tick_ms=20, catalog=CATALOG)
     apply_all(player, equip_item(player, equip(SWORD, "main_hand"), context))
-    assert player.cooldowns == {"equip:main_hand": 100 + ticks_for_ms(1000, 20)}
+    assert player.cooldowns == {"equip:main_hand": (100 + ticks_for_ms(1000, 20)) * 20}
     later = RuleContext(tick=110, tick_ms=20, catalog=CATALOG)
     with pytest.raises(CooldownActiveError) as info:
         unequip_item(player, unequip("main_hand"), later)
     assert info.value.details == {
         "group": "equip:main_hand",
         "retry_after_ms": 40 * 20,
-        "ready_at": 150,
+        "ready_at_ms": 150 * 20,
     }
 
 
