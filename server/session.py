@@ -4,8 +4,11 @@ A transport adapter (``server/transport_ws.py`` for ``websockets``) feeds receiv
 to :meth:`Session.on_frame` one at a time, in order, and implements :class:`Transport`.
 Everything the server sends goes through :meth:`Session.send`: one bounded queue per
 connection drained by one writer task with a write deadline. A client that stops reading
-fills the queue or blows the deadline and is aborted — the tick and other clients never
-wait for it (``websockets`` alone would leave such a peer stuck in CLOSING).
+blows the write deadline (or, through pushes, fills the queue) and is aborted — the tick and
+other clients never wait for it (``websockets`` alone would leave such a peer stuck in
+CLOSING). Replies apply backpressure instead: while the queue is above half its bound the
+adapter stops reading from that client (:meth:`Session.wait_writable`), so a client that
+pipelines requests and reads its replies is slowed down, never mistaken for a dead one.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ class Session:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
+        self._high_water = max(1, self._queue_max // 2)
+        self._writable = asyncio.Event()
+        self._writable.set()
         self._text = not codec.binary
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -138,6 +144,13 @@ class Session:
         self.send(self.app.dispatcher.error_reply(rid, RateLimitedError(retry_after_ms)))
         return True
 
+    async def wait_writable(self) -> None:
+        """Return when the outbound queue is below its high-water mark. The adapter awaits
+        this before reading the next frame: reading is how a client adds to the queue."""
+        if len(self._queue) >= self._high_water:
+            self._writable.clear()
+            await self._writable.wait()
+
     # --- outbound ---------------------------------------------------------------------------
 
     def send(self, msg: ServerMessage) -> None:
@@ -162,6 +175,7 @@ class Session:
             return
         self.aborted = True
         self._queue.clear()
+        self._writable.set()  # release a reader paused on backpressure; recv() then fails
         self.app.metrics.slow_consumer_aborts.inc()
         log.warning("aborting slow consumer %s: %s", self.transport.remote, why)
         self.transport.abort()
@@ -177,6 +191,8 @@ class Session:
                 await self._wake.wait()
                 continue
             frame = queue.popleft()
+            if len(queue) < self._high_water:
+                self._writable.set()
             try:
                 async with asyncio.timeout(self._write_timeout):
                     await send(frame, text)

@@ -84,6 +84,7 @@ async def start_server(app: App) -> Server:
         session.start()
         try:
             while True:
+                await session.wait_writable()
                 frame = await conn.recv(decode=False)
                 await session.on_frame(frame)
         except ConnectionClosed:

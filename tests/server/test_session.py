@@ -1,0 +1,431 @@
+"""Sessions over real sockets: resume, pushes between sessions of one player, inventory
+errors as the client sees them, HTTP endpoints and authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.app import App
+from server.config import Settings
+from tests.support.client import JSON, MSGPACK, Client
+
+ERROR_KEYS = {"t", "rid", "code", "message", "details"}
+DEADLINE_S = 10.0
+
+# Starter kit order (sim/data/templates.toml): backpack cells 0..7.
+CLOTH_CAP, IRON_HELM, LEATHER_VEST, COPPER_RING = 0, 1, 2, 3
+SHORT_SWORD, BUCKLER, BREAD = 5, 6, 7
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[App]:
+    app = App(settings)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+def ws_url(app: App) -> str:
+    return f"ws://127.0.0.1:{app.port}/"
+
+
+async def hello_client(
+    url: str, name: str, subprotocol: str = JSON, resume: int | None = None
+) -> tuple[Client, dict[str, Any]]:
+    client = await Client.open(url, subprotocol)
+    welcome = await client.hello(name, resume=resume)
+    assert welcome["t"] == "session.welcome", welcome
+    return client, welcome
+
+
+def backpack(welcome: dict[str, Any]) -> list[int | None]:
+    cells: list[int | None] = welcome["state"]["compartments"]["backpack"]
+    return cells
+
+
+def assert_error(reply: dict[str, Any], code: str, rid: int | None = None) -> dict[str, Any]:
+    assert set(reply) == ERROR_KEYS, reply
+    assert reply["t"] == "error"
+    assert reply["code"] == code, reply
+    if rid is not None:
+        assert reply["rid"] == rid
+    details: dict[str, Any] = reply["details"]
+    return details
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            data = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, float(sample.value)))
+    return found
+
+
+async def force_snapshot(app: App, player_id: int) -> None:
+    """Snapshot the player at its current version (a tick may already have one in flight)."""
+    live = app.hub.players[player_id]
+    deadline = time.monotonic() + DEADLINE_S
+    while live.snapshot_version != live.state.version:
+        assert time.monotonic() < deadline, "snapshot never caught up"
+        app.hub.snapshot_all()
+        await app.hub.drain_snapshots()
+        await asyncio.sleep(0)
+
+
+# --- resume --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resume_buffer", [256, 0], ids=["from-memory", "from-journal"])
+async def test_resume_gets_exactly_the_missed_effects(
+    make_settings: Callable[..., Settings], resume_buffer: int
+) -> None:
+    async with serving(make_settings(resume_buffer=resume_buffer)) as app:
+        a, welcome = await hello_client(ws_url(app), "resumer")
+        seen = welcome["version"]
+        await a.close()
+        # Another session of the same player changes things while A is away.
+        b, b_welcome = await hello_client(ws_url(app), "resumer", MSGPACK)
+        assert b_welcome["version"] == seen
+        cells = backpack(b_welcome)
+        missed: list[dict[str, Any]] = []
+        for t, fields in [
+            ("inventory.equip_item", {"item_id": cells[CLOTH_CAP], "slot": "head"}),
+            (
+                "inventory.move_item",
+                {"item_id": cells[BREAD], "compartment": "backpack", "index": 20},
+            ),
+            ("inventory.equip_item", {"item_id": cells[LEATHER_VEST], "slot": "chest"}),
+        ]:
+            reply = await b.request(t, **fields)
+            assert reply["t"] == "effects", reply
+            missed.extend(reply["effects"])
+            last = reply["version"]
+        assert last == seen + len(missed)
+        a2, resumed = await hello_client(ws_url(app), "resumer", resume=seen)
+        assert resumed["resumed"] is True
+        assert resumed["state"] is None
+        assert resumed["version"] == last
+        assert resumed["effects"] == missed  # JSON and msgpack decode to the same dicts
+        # Resuming at the current version: nothing missed, still a resume.
+        a3, current = await hello_client(ws_url(app), "resumer", resume=last)
+        assert current["resumed"] is True
+        assert current["effects"] == []
+        assert current["version"] == last
+        for client in (a2, a3, b):
+            await client.close()
+
+
+async def test_resume_older_than_buffer_and_journal_gets_full_state(
+    make_settings: Callable[..., Settings], dsn: str
+) -> None:
+    settings = make_settings(resume_buffer=2, journal_keep_versions=0, snapshot_interval_s=0.05)
+    async with serving(settings) as app:
+        a, welcome = await hello_client(ws_url(app), "forgotten")
+        seen = welcome["version"]
+        await a.close()
+        b, _ = await hello_client(ws_url(app), "forgotten")
+        cells = backpack(welcome)
+        for index, target in [(CLOTH_CAP, 10), (IRON_HELM, 11), (BREAD, 12), (BUCKLER, 13)]:
+            reply = await b.request(
+                "inventory.move_item", item_id=cells[index], compartment="backpack", index=target
+            )
+            assert reply["t"] == "effects", reply
+        last = reply["version"]
+        await force_snapshot(app, welcome["player_id"])
+        conn = await asyncpg.connect(dsn)
+        try:
+            kept = await conn.fetchval(
+                "SELECT count(*) FROM journal WHERE player_id = $1", welcome["player_id"]
+            )
+        finally:
+            await conn.close()
+        assert kept == 0  # pruned: the missed effects exist nowhere any more
+        fresh, full = await hello_client(ws_url(app), "forgotten")
+        a2, fallback = await hello_client(ws_url(app), "forgotten", resume=seen)
+        assert fallback["resumed"] is False
+        assert fallback["effects"] is None
+        assert fallback["version"] == last
+        assert fallback["state"] == full["state"]
+        assert fallback["state"]["version"] == last
+        assert backpack(fallback)[10:14] == [
+            cells[i] for i in (CLOTH_CAP, IRON_HELM, BREAD, BUCKLER)
+        ]
+        for client in (a2, b, fresh):
+            await client.close()
+
+
+async def test_resume_from_the_future_gets_full_state(url: str) -> None:
+    a, welcome = await hello_client(url, "timetraveller")
+    await a.close()
+    b, future = await hello_client(url, "timetraveller", resume=welcome["version"] + 100)
+    assert future["resumed"] is False
+    assert future["effects"] is None
+    assert future["version"] == welcome["version"]
+    assert future["state"] == welcome["state"]
+    await b.close()
+
+
+# --- pushes between sessions ---------------------------------------------------------------
+
+
+async def test_change_on_one_session_is_pushed_to_the_other(url: str) -> None:
+    a, a_welcome = await hello_client(url, "twin")
+    b, b_welcome = await hello_client(url, "twin", MSGPACK)
+    stranger, _ = await hello_client(url, "stranger")
+    assert b_welcome["version"] == a_welcome["version"]
+    ring = backpack(a_welcome)[COPPER_RING]
+    reply = await a.request("inventory.equip_item", item_id=ring, slot="ring1")
+    assert reply["t"] == "effects"
+    async with asyncio.timeout(5):
+        push = b.decode(await b.ws.recv())
+    assert push == {"t": "player.delta", "seq": reply["version"], "effects": reply["effects"]}
+    assert push["seq"] - len(push["effects"]) == b_welcome["version"]
+    # The same tick flush that reached B would have queued A's copy before this pong.
+    assert (await a.request("ping"))["t"] == "pong"
+    assert a.pushes.empty(), "the origin session received its own delta"
+    assert (await stranger.request("ping"))["t"] == "pong"
+    assert stranger.pushes.empty(), "another player received the delta"
+    # And the other way round.
+    reply = await b.request("inventory.unequip_item", slot="ring1")
+    assert reply["t"] == "effects"
+    async with asyncio.timeout(5):
+        push = a.decode(await a.ws.recv())
+    assert push == {"t": "player.delta", "seq": reply["version"], "effects": reply["effects"]}
+    for client in (a, b, stranger):
+        await client.close()
+
+
+# --- inventory errors as the client sees them ----------------------------------------------
+
+
+async def test_equip_errors_reach_the_client(url: str) -> None:
+    client, welcome = await hello_client(url, "clumsy")
+    other, other_welcome = await hello_client(url, "bystander")
+    cells = backpack(welcome)
+
+    details = assert_error(
+        await client.request("inventory.equip_item", rid=1, item_id=999_999_999, slot="head"),
+        "not_found",
+        rid=1,
+    )
+    assert details["item_id"] == 999_999_999
+    # Someone else's item is as good as no item.
+    theirs = backpack(other_welcome)[CLOTH_CAP]
+    details = assert_error(
+        await client.request("inventory.equip_item", rid=2, item_id=theirs, slot="head"),
+        "not_found",
+        rid=2,
+    )
+    assert details["item_id"] == theirs
+
+    details = assert_error(
+        await client.request("inventory.equip_item", rid=3, item_id=cells[CLOTH_CAP], slot="chest"),
+        "conflict",
+        rid=3,
+    )
+    assert details["allowed_slots"] == ["head"]
+    assert details["slot"] == "chest"
+    details = assert_error(
+        await client.request("inventory.equip_item", item_id=cells[COPPER_RING], slot="neck"),
+        "conflict",
+    )
+    assert details["allowed_slots"] == ["ring1", "ring2"]
+
+    # The short sword starts a 1 s cooldown on its slot.
+    reply = await client.request(
+        "inventory.equip_item", item_id=cells[SHORT_SWORD], slot="main_hand"
+    )
+    assert reply["t"] == "effects", reply
+    assert [e["e"] for e in reply["effects"]] == ["item_equipped", "cooldown_started"]
+    version = reply["version"]
+    # Equipping it again is refused because it is already equipped (sim/rules.py edge case).
+    details = assert_error(
+        await client.request("inventory.equip_item", item_id=cells[SHORT_SWORD], slot="main_hand"),
+        "conflict",
+    )
+    assert details["slot"] == "main_hand"
+    # Taking it off again is what the cooldown blocks.
+    details = assert_error(
+        await client.request("inventory.unequip_item", rid=4, slot="main_hand"),
+        "cooldown_active",
+        rid=4,
+    )
+    assert details["group"] == "equip:main_hand"
+    assert 0 < details["retry_after_ms"] <= 1000 + 1000 // welcome["tick_hz"]
+
+    # No error changed anything: the next change is exactly one version on.
+    reply = await client.request("inventory.equip_item", item_id=cells[CLOTH_CAP], slot="head")
+    assert reply["version"] == version + 1
+    await client.close()
+    await other.close()
+
+
+async def test_equip_into_a_slot_on_cooldown_is_refused(url: str) -> None:
+    client, welcome = await hello_client(url, "duelist")
+    cells = backpack(welcome)
+    reply = await client.request(
+        "inventory.equip_item", item_id=cells[SHORT_SWORD], slot="off_hand"
+    )
+    assert reply["t"] == "effects", reply
+    details = assert_error(
+        await client.request(
+            "inventory.equip_item", rid=9, item_id=cells[BUCKLER], slot="off_hand"
+        ),
+        "cooldown_active",
+        rid=9,
+    )
+    assert details["group"] == "equip:off_hand"
+    assert details["retry_after_ms"] > 0
+    # Other slots are not affected by that cooldown.
+    reply = await client.request("inventory.equip_item", item_id=cells[IRON_HELM], slot="head")
+    assert reply["t"] == "effects"
+    await client.close()
+
+
+async def test_unequip_and_move_errors_reach_the_client(url: str) -> None:
+    client, welcome = await hello_client(url, "mover")
+    cells = backpack(welcome)
+    details = assert_error(await client.request("inventory.unequip_item", slot="feet"), "not_found")
+    assert details["slot"] == "feet"
+
+    reply = await client.request("inventory.equip_item", item_id=cells[CLOTH_CAP], slot="head")
+    assert reply["t"] == "effects"
+    version = reply["version"]
+    details = assert_error(
+        await client.request("inventory.unequip_item", slot="head", index=IRON_HELM), "conflict"
+    )
+    assert details["index"] == IRON_HELM
+    assert details["occupant"] == cells[IRON_HELM]
+    details = assert_error(
+        await client.request("inventory.unequip_item", slot="head", compartment="vault"),
+        "not_found",
+    )
+    assert details["compartment"] == "vault"
+
+    details = assert_error(
+        await client.request(
+            "inventory.move_item", item_id=999_999_999, compartment="backpack", index=3
+        ),
+        "not_found",
+    )
+    assert details["item_id"] == 999_999_999
+    details = assert_error(
+        await client.request(
+            "inventory.move_item", item_id=cells[CLOTH_CAP], compartment="backpack", index=9
+        ),
+        "conflict",
+    )
+    assert details["slot"] == "head"
+    details = assert_error(
+        await client.request(
+            "inventory.move_item", item_id=cells[BREAD], compartment="backpack", index=24
+        ),
+        "bad_request",
+    )
+    assert details["size"] == 24
+    details = assert_error(
+        await client.request(
+            "inventory.move_item", item_id=cells[BREAD], compartment="vault", index=0
+        ),
+        "not_found",
+    )
+    assert details["compartment"] == "vault"
+
+    reply = await client.request(
+        "inventory.move_item", item_id=cells[BREAD], compartment="backpack", index=23
+    )
+    assert reply["t"] == "effects"
+    assert reply["version"] == version + 1
+    await client.close()
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+async def test_http_endpoints(app: App, url: str) -> None:
+    client, _ = await hello_client(url, "observer")  # journals the starter kit
+    assert (await client.request("ping"))["t"] == "pong"
+
+    assert await http_get(app.port, "/healthz") == (200, "ok\n")
+    assert await http_get(app.port, "/healthz?probe=1") == (200, "ok\n")
+    assert await http_get(app.port, "/readyz") == (200, "ready\n")
+    status, _ = await http_get(app.port, "/nope")
+    assert status == 404
+
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        status, text = await http_get(app.port, "/metrics")
+        assert status == 200
+        found = samples(text)
+        ticks = found.get("gearhall_tick_duration_seconds_count", [({}, 0.0)])[0][1]
+        if ticks > 0:
+            break
+        assert time.monotonic() < deadline, "no tick observed"
+        await asyncio.sleep(0)
+    assert found["gearhall_connections"] == [({}, 1.0)]
+    assert ({"tag": "ping"}, 1.0) in found["gearhall_request_duration_seconds_count"]
+    assert found["gearhall_journal_batch_rows_count"][0][1] >= 1
+    assert found["gearhall_journal_batch_rows_sum"][0][1] >= 8  # the starter kit
+    (in_use,) = found["gearhall_db_pool_connections_in_use"]
+    assert in_use[0] == {}
+    assert 0 <= in_use[1] <= app.settings.db_pool_size
+    await client.close()
+
+
+# --- authentication ------------------------------------------------------------------------
+
+
+async def test_dev_auth_off_refuses_hello(make_settings: Callable[..., Settings]) -> None:
+    async with serving(make_settings(dev_auth=False)) as app:
+        client = await Client.open(ws_url(app))
+        reply = await client.request("session.hello", rid=5, token="dev:alice")
+        assert_error(reply, "unauthenticated", rid=5)
+        # Still no session.
+        assert_error(await client.request("ping", rid=6), "unauthenticated", rid=6)
+        await client.close()
+
+
+BAD_TOKENS = ["dev:", "dev", "prod:alice", "dev:bad name", "dev:" + "a" * 65, "dev:ümlaut", "alice"]
+
+
+async def test_bad_dev_token_is_unauthenticated(url: str, dsn: str) -> None:
+    client = await Client.open(url)
+    for rid, token in enumerate(BAD_TOKENS, start=10):
+        reply = await client.request("session.hello", rid=rid, token=token)
+        assert reply.get("code") == "unauthenticated", (token, reply)
+        assert_error(reply, "unauthenticated", rid)
+    assert_error(await client.request("ping", rid=9), "unauthenticated", 9)
+    await client.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM players") == 0
+    finally:
+        await conn.close()
