@@ -152,10 +152,9 @@ class App:
                 await self._idle.wait()
         await self.journal.flush()
         self.hub.on_tick(self.driver.now_tick())  # push the last deltas
-        self.hub.snapshot_all()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self.hub.drain_snapshots()
+                await self.hub.checkpoint_all()
         if self.sessions:
             await asyncio.gather(
                 *(s.close(CLOSE_GOING_AWAY, "server shutting down") for s in list(self.sessions)),

@@ -308,6 +308,19 @@ class PlayerHub:
             ):
                 self._queue_snapshot(live)
 
+    async def checkpoint_all(self) -> None:
+        """Snapshot every player at its final durable version (graceful shutdown).
+
+        A snapshot of an older version may be in flight when this starts: wait for it, then
+        queue again, until no player's snapshot is behind. Bound it with a timeout: if the
+        database fails every write this loops (one attempt per round) until cancelled.
+        """
+        while True:
+            await self.drain_snapshots()
+            self.snapshot_all()
+            if self._snapshots_idle.is_set():
+                return
+
     async def drain_snapshots(self) -> None:
         """Wait until every queued snapshot is written (or has failed)."""
         await self._snapshots_idle.wait()
