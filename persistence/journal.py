@@ -76,6 +76,11 @@ class Journal:
         self.committed_rows = 0
         self.healthy = True
 
+    @property
+    def accepting(self) -> bool:
+        """False once :meth:`close` has begun; :meth:`append` would raise."""
+        return not self._closing
+
     def append(
         self,
         player_id: int,

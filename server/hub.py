@@ -173,6 +173,9 @@ class PlayerHub:
         Raises:
             UnavailableError: the journal is closing (shutdown).
         """
+        if not self.journal.accepting:
+            # Refuse before applying: memory must never run ahead of what can be journaled.
+            raise UnavailableError("server is shutting down")
         state = live.state
         first = state.version + 1
         for effect in effects:
@@ -192,16 +195,13 @@ class PlayerHub:
             if not done.done():
                 done.set_result(None)
 
-        try:
-            self.journal.append(
-                live.player_id,
-                first,
-                self._tick(),
-                [_effect_encoder.encode(e) for e in effects],
-                on_durable,
-            )
-        except RuntimeError:
-            raise UnavailableError("server is shutting down") from None
+        self.journal.append(
+            live.player_id,
+            first,
+            self._tick(),
+            [_effect_encoder.encode(e) for e in effects],
+            on_durable,
+        )
         await done
         return version
 
