@@ -1,0 +1,206 @@
+"""A small Gearhall protocol client: one connection, either encoding, rid correlation.
+
+Messages go out as mappings (or protocol Structs) and come back as plain dicts, so the probe
+can send anything the wire can carry — including messages the server must refuse — and show
+exactly what came back. Replies are matched to requests by ``rid``; pushes (messages without
+a ``rid``) are kept aside in :attr:`ProbeClient.pushes`, and a reply that arrives while
+waiting for another ``rid`` (pipelined requests) is kept until it is asked for.
+
+One coroutine reads at a time: ``websockets`` refuses concurrent ``recv`` calls, and the
+correlation here assumes a single reader. The load generator (``load.py``) reuses the
+connection and codec but reads with its own loop to stay cheap per request.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Literal, Self
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
+
+from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
+
+Encoding = Literal["json", "msgpack"]
+Message = dict[str, object]
+
+SUBPROTOCOL_BY_ENCODING: dict[Encoding, str] = {
+    "json": SUBPROTOCOL_JSON,
+    "msgpack": SUBPROTOCOL_MSGPACK,
+}
+
+
+class ProbeError(Exception):
+    """The server did not answer as the protocol says it must."""
+
+
+class ErrorReplyError(ProbeError):
+    """The server answered with an ``error`` message; :attr:`reply` holds it."""
+
+    def __init__(self, reply: Message) -> None:
+        super().__init__(f"{reply.get('code')}: {reply.get('message')}")
+        self.reply = reply
+
+
+class FrameCodec:
+    """Encoding of one subprotocol: JSON text frames or MessagePack binary frames."""
+
+    __slots__ = ("_decode", "_encode", "encoding", "subprotocol", "text")
+
+    def __init__(self, encoding: Encoding) -> None:
+        self.encoding: Encoding = encoding
+        self.subprotocol = SUBPROTOCOL_BY_ENCODING[encoding]
+        self.text = encoding == "json"
+        self._encode: Callable[[object], bytes]
+        self._decode: Callable[[bytes], object]
+        if encoding == "json":
+            self._encode = msgspec.json.Encoder().encode
+            self._decode = msgspec.json.Decoder().decode
+        else:
+            self._encode = msgspec.msgpack.Encoder().encode
+            self._decode = msgspec.msgpack.Decoder().decode
+
+    def encode(self, msg: Mapping[str, object] | msgspec.Struct) -> bytes:
+        return self._encode(msg)
+
+    def decode(self, frame: bytes | str) -> Message:
+        """Decode one server frame into a dict.
+
+        Raises:
+            ProbeError: the frame is not a message object in this encoding.
+        """
+        if isinstance(frame, str):
+            frame = frame.encode()
+        try:
+            msg = self._decode(frame)
+        except msgspec.DecodeError as exc:
+            raise ProbeError(f"undecodable {self.encoding} frame: {exc}") from None
+        if not isinstance(msg, dict):
+            raise ProbeError(f"server frame is not an object: {msg!r}")
+        return msg
+
+
+async def open_connection(
+    url: str, encoding: Encoding, *, open_timeout: float = 10.0
+) -> ClientConnection:
+    """Connect offering exactly one Gearhall subprotocol.
+
+    Raises:
+        ProbeError: the server accepted the connection without that subprotocol.
+        OSError, websockets.exceptions.InvalidHandshake, TimeoutError: as ``connect`` does.
+    """
+    wanted = SUBPROTOCOL_BY_ENCODING[encoding]
+    ws = await connect(
+        url,
+        subprotocols=[Subprotocol(wanted)],
+        compression=None,
+        proxy=None,
+        open_timeout=open_timeout,
+        max_size=None,
+        # The probe must never be the slow consumer: read everything the server sends.
+        max_queue=None,
+    )
+    if ws.subprotocol != wanted:
+        await ws.close()
+        raise ProbeError(f"server chose subprotocol {ws.subprotocol!r}, not {wanted!r}")
+    return ws
+
+
+class ProbeClient:
+    """One connection: send mappings, receive dicts, correlate replies by ``rid``."""
+
+    def __init__(self, ws: ClientConnection, encoding: Encoding) -> None:
+        self.ws = ws
+        self.codec = FrameCodec(encoding)
+        self.pushes: collections.deque[Message] = collections.deque()
+        self._unclaimed: dict[object, Message] = {}
+        self._rids = itertools.count(1)
+
+    @classmethod
+    async def connect(
+        cls, url: str, encoding: Encoding = "json", *, open_timeout: float = 10.0
+    ) -> Self:
+        """Raises: see :func:`open_connection`."""
+        return cls(await open_connection(url, encoding, open_timeout=open_timeout), encoding)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def next_rid(self) -> int:
+        return next(self._rids)
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Send one already encoded frame (text for JSON, binary for MessagePack)."""
+        await self.ws.send(frame, text=self.codec.text)
+
+    async def recv_frame(self) -> bytes:
+        frame = await self.ws.recv(decode=False)
+        assert isinstance(frame, bytes)  # decode=False always returns bytes
+        return frame
+
+    async def send(self, msg: Mapping[str, object]) -> object:
+        """Send ``msg``, adding a fresh ``rid`` unless it has one; return the ``rid``."""
+        if "rid" not in msg:
+            msg = {**msg, "rid": self.next_rid()}
+        await self.send_frame(self.codec.encode(msg))
+        return msg["rid"]
+
+    async def receive(self) -> Message:
+        """The next message the server sends, reply or push, in arrival order."""
+        return self.codec.decode(await self.recv_frame())
+
+    async def reply(self, rid: object) -> Message:
+        """The reply carrying ``rid``; pushes and other replies read meanwhile are kept.
+
+        Bound the wait with ``asyncio.timeout`` around the call.
+
+        Raises:
+            ProbeError: an undecodable frame arrived.
+            websockets.exceptions.ConnectionClosed: the connection closed first.
+        """
+        found = self._unclaimed.pop(rid, None)
+        if found is not None:
+            return found
+        while True:
+            msg = await self.receive()
+            if "rid" not in msg:
+                self.pushes.append(msg)
+            elif msg["rid"] == rid:
+                return msg
+            elif msg["rid"] is None and msg.get("t") == "error":
+                # The server could not read our frame, so not its rid either: with one
+                # reader waiting, this error is the answer it is waiting for.
+                return msg
+            else:
+                self._unclaimed[msg["rid"]] = msg
+
+    async def request(self, msg: Mapping[str, object]) -> Message:
+        """Send ``msg`` and return its reply (an ``error`` reply is returned, not raised).
+
+        Raises: see :meth:`reply`.
+        """
+        return await self.reply(await self.send(msg))
+
+    async def hello(self, token: str, resume: int | None = None) -> Message:
+        """Open the session; returns the ``session.welcome`` reply.
+
+        Raises:
+            ErrorReplyError: the server refused the hello.
+            ProbeError, ConnectionClosed: see :meth:`reply`.
+        """
+        msg: Message = {"t": "session.hello", "token": token}
+        if resume is not None:
+            msg["resume"] = resume
+        reply = await self.request(msg)
+        if reply.get("t") != "session.welcome":
+            raise ErrorReplyError(reply)
+        return reply
+
+    async def close(self) -> None:
+        await self.ws.close()
