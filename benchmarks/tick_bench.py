@@ -137,6 +137,7 @@ async def _run(
         origins: dict[int, Session] = {}
         vests: dict[int, int] = {}
         interval = settings.snapshot_interval_s
+        due: list[tuple[float, LivePlayer]] = []
         build_started = time.perf_counter()
         for pid in range(1, players + 1):
             state = new_player(pid, f"p{pid}")
@@ -146,9 +147,11 @@ async def _run(
                 state,
                 [CooldownStarted(group="equip:main_hand", ready_at_ms=(tick[0] + 10**6) * TICK_MS)],
             )
-            live = LivePlayer(state, snapshot_version=state.version, resume_buffer=256)
-            # Spread the last snapshots over one interval, as a server that has run a while.
-            live.last_snapshot_at = clock.now - rng.random() * interval
+            # As in a server that has run a while: every player has a change since its last
+            # snapshot, and the snapshot deadlines are spread over one interval.
+            live = LivePlayer(state, snapshot_version=state.version - 1, resume_buffer=256)
+            due.append((clock.now + rng.random() * interval, live))
+            live.snapshot_scheduled = True
             hub.players[pid] = live
             sessions = 2 if rng.random() < second_session else 1
             for _ in range(sessions):
@@ -160,6 +163,7 @@ async def _run(
             vests[pid] = next(
                 i for i, item in state.items.items() if item.template == "leather_vest"
             )
+        hub._snapshot_due.extend(sorted(due, key=lambda entry: entry[0]))
         build_s = time.perf_counter() - build_started
 
         async def run_phase(n_ticks: int, n_ops: int) -> dict[str, Any]:
@@ -224,7 +228,8 @@ def _complete_snapshots(hub: PlayerHub, now: float) -> int:
     for live, version, _ in batch:
         live.snapshot_version = max(live.snapshot_version, version)
         live.snapshot_in_flight = False
-        live.last_snapshot_at = now
+        if live.durable_version > live.snapshot_version and not live.snapshot_scheduled:
+            hub._schedule_snapshot(live, now + hub.settings.snapshot_interval_s)
     hub._snapshots_idle.set()
     return len(batch)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -101,6 +103,13 @@ class App:
         self.dispatcher = Dispatcher(merge_handlers(SESSION, INVENTORY), m)
         self._server = await start_server(self)
         self._driver_task = asyncio.create_task(self.driver.run(), name="tick-driver")
+        self._watchdog_task = asyncio.create_task(self._write_watchdog(), name="write-watchdog")
+        # Everything allocated so far lives for the whole run: move it out of the collector's
+        # sight, and collect the young generation less often (see Settings.gc_gen0_threshold).
+        gc.collect()
+        gc.freeze()
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(s.gc_gen0_threshold, gen1, gen2)
         mode = "" if s.durability == "durable" else " [WRITE-BEHIND: acks are NOT durable]"
         log.info(
             "gearhall %s listening on ws://%s:%d (tick %d Hz, database %s)%s",
@@ -117,6 +126,15 @@ class App:
         assert self._server is not None
         sockets = list(self._server.sockets)
         return int(sockets[0].getsockname()[1]) if sockets else self.settings.port
+
+    async def _write_watchdog(self) -> None:
+        """Abort sessions whose current write has been blocked past the write deadline."""
+        period = min(1.0, self.settings.write_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for session in list(self.sessions):
+                session.check_write_deadline(now)
 
     def request_started(self) -> None:
         self.in_flight += 1
@@ -168,6 +186,8 @@ class App:
         self.driver.stop()
         if self._driver_task is not None:
             await self._driver_task
+        self._watchdog_task.cancel()
+        await asyncio.gather(self._watchdog_task, return_exceptions=True)
         await self.journal.close()
         await self.hub.stop()
         await self.pool.close()

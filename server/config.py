@@ -40,6 +40,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resume_buffer: Annotated[int, msgspec.Meta(ge=0)] = 256
     evict_after_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # runtime: generation-0 collection threshold (CPython's default is 700). Every request
+    # allocates a few short-lived objects; at the default, collections of the whole heap of
+    # players and connections ran often enough to dominate tail latency (docs/benchmarks.md).
+    gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=100)] = 50_000
 
 
 class ConfigError(ValueError):

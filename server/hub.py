@@ -46,12 +46,12 @@ class LivePlayer:
     __slots__ = (
         "durable_version",
         "idle_since",
-        "last_snapshot_at",
         "pending_pushes",
         "player_id",
         "recent",
         "sessions",
         "snapshot_in_flight",
+        "snapshot_scheduled",
         "snapshot_version",
         "state",
         "waiters",
@@ -63,7 +63,7 @@ class LivePlayer:
         self.durable_version = state.version
         self.snapshot_version = snapshot_version
         self.snapshot_in_flight = False
-        self.last_snapshot_at = time.monotonic()
+        self.snapshot_scheduled = False  # has an entry in PlayerHub._snapshot_due
         self.recent: collections.deque[tuple[int, AnyEffect]] = collections.deque(
             maxlen=resume_buffer
         )
@@ -96,9 +96,16 @@ class PlayerHub:
         self.players: dict[int, LivePlayer] = {}
         self._loading: dict[int, asyncio.Future[LivePlayer]] = {}
         self._snapshot_queue: list[tuple[LivePlayer, int, bytes]] = []
+        # Work the tick must do, kept as it arises so a tick never scans every player:
+        # players with deltas to push, snapshot deadlines in due order (the interval is
+        # constant, so appending keeps the deque sorted) and players whose last session left.
+        self._pushes: dict[int, LivePlayer] = {}
+        self._snapshot_due: collections.deque[tuple[float, LivePlayer]] = collections.deque()
+        self._idle_due: collections.deque[tuple[float, LivePlayer]] = collections.deque()
         self._snapshot_wake = asyncio.Event()
         self._snapshot_task: asyncio.Task[None] | None = None
         self._item_ids: collections.deque[int] = collections.deque()
+        self._loop = asyncio.get_running_loop()  # cached: 3.11's lookup calls getpid()
         self._snapshots_idle = asyncio.Event()
         self._snapshots_idle.set()
 
@@ -162,6 +169,7 @@ class PlayerHub:
             live.sessions.remove(session)
         if not live.sessions:
             live.idle_since = time.monotonic()
+            self._idle_due.append((live.idle_since, live))
 
     # --- the request path -------------------------------------------------------------------
 
@@ -181,8 +189,7 @@ class PlayerHub:
         for effect in effects:
             apply(state, effect)
         version = state.version
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = self._loop.create_future()
 
         def on_durable() -> None:
             live.durable_version = version
@@ -191,6 +198,9 @@ class PlayerHub:
                 live.recent.append((base + offset, effect))
             if len(live.sessions) > (origin is not None):
                 live.pending_pushes.append((origin, effects, version))
+                self._pushes[live.player_id] = live
+            if not live.snapshot_scheduled:
+                self._schedule_snapshot(live, time.monotonic() + self.settings.snapshot_interval_s)
             self._release_waiters(live)
             if not done.done():
                 done.set_result(None)
@@ -258,32 +268,49 @@ class PlayerHub:
     # --- the tick ---------------------------------------------------------------------------
 
     def on_tick(self, tick: int) -> None:
-        now = time.monotonic()
-        interval = self.settings.snapshot_interval_s
-        evict_after = self.settings.evict_after_s
-        evict: list[int] = []
-        for player_id, live in self.players.items():
-            if live.pending_pushes:
+        """Push deltas, start due snapshots, evict idle players. Never awaits."""
+        if self._pushes:
+            pushes, self._pushes = self._pushes, {}
+            for live in pushes.values():
                 self._flush_pushes(live)
+        now = time.monotonic()
+        due = self._snapshot_due
+        while due and due[0][0] <= now:
+            _, live = due.popleft()
+            live.snapshot_scheduled = False
             if (
-                live.durable_version > live.snapshot_version
-                and live.durable_version == live.state.version
-                and not live.snapshot_in_flight
-                and (now - live.last_snapshot_at >= interval or live.idle_since is not None)
+                self.players.get(live.player_id) is live
+                and live.state.version > live.snapshot_version
             ):
+                if live.snapshot_in_flight:  # the write in progress reschedules on completion
+                    continue
                 self._queue_snapshot(live)
+        idle = self._idle_due
+        evict_after = self.settings.evict_after_s
+        evicted = False
+        while idle and idle[0][0] <= now:
+            _, live = idle.popleft()
+            if live.sessions or self.players.get(live.player_id) is not live:
+                continue  # back online, or already gone
+            if live.state.version > live.snapshot_version and not live.snapshot_in_flight:
+                self._queue_snapshot(live)  # checkpoint as soon as a player leaves
+            assert live.idle_since is not None
             if (
-                live.idle_since is not None
-                and now - live.idle_since >= evict_after
+                now - live.idle_since >= evict_after
                 and live.snapshot_version == live.state.version
                 and not live.snapshot_in_flight
                 and not live.waiters
             ):
-                evict.append(player_id)
-        for player_id in evict:
-            del self.players[player_id]
-        if evict:
+                del self.players[live.player_id]
+                evicted = True
+            else:
+                idle.append((max(now + 1.0, live.idle_since + evict_after), live))
+        if evicted:
             self.metrics.players_online.set(len(self.players))
+
+    def _schedule_snapshot(self, live: LivePlayer, at: float) -> None:
+        live.snapshot_scheduled = True
+        self._snapshot_due.append((at, live))
 
     def _flush_pushes(self, live: LivePlayer) -> None:
         pushes, live.pending_pushes = live.pending_pushes, []
@@ -293,6 +320,7 @@ class PlayerHub:
                     session.send(PlayerDelta(seq=version, effects=effects))
 
     def _queue_snapshot(self, live: LivePlayer) -> None:
+        """Take the state's bytes now; the writer stores them once that version is durable."""
         live.snapshot_in_flight = True
         self._snapshot_queue.append((live, live.state.version, encode_state(live.state)))
         self._snapshots_idle.clear()
@@ -301,11 +329,7 @@ class PlayerHub:
     def snapshot_all(self) -> None:
         """Queue a snapshot of every player with unsnapshotted durable changes (shutdown)."""
         for live in self.players.values():
-            if (
-                live.durable_version > live.snapshot_version
-                and live.durable_version == live.state.version
-                and not live.snapshot_in_flight
-            ):
+            if live.state.version > live.snapshot_version and not live.snapshot_in_flight:
                 self._queue_snapshot(live)
 
     async def checkpoint_all(self) -> None:
@@ -333,6 +357,10 @@ class PlayerHub:
             if not batch:
                 self._snapshots_idle.set()
                 continue
+            for live, version, _ in batch:
+                # Never store a state that is not durable yet: a crash would otherwise
+                # leave a snapshot ahead of the journal. Nearly always already true.
+                await self.wait_durable(live, version)
             started = time.perf_counter()
             try:
                 async with self.pool.acquire() as conn:
@@ -343,17 +371,20 @@ class PlayerHub:
                     )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.error("snapshot batch of %d failed: %s", len(batch), exc)
+                retry_at = time.monotonic() + self.settings.snapshot_interval_s
                 for live, _, _ in batch:
                     live.snapshot_in_flight = False
-                    live.last_snapshot_at = time.monotonic()  # back off one interval
+                    if not live.snapshot_scheduled:  # back off one interval
+                        self._schedule_snapshot(live, retry_at)
                 if not self._snapshot_queue:
                     self._snapshots_idle.set()
                 continue
             self.metrics.snapshot_duration.observe(time.perf_counter() - started)
-            now = time.monotonic()
+            next_at = time.monotonic() + self.settings.snapshot_interval_s
             for live, version, _ in batch:
                 live.snapshot_version = max(live.snapshot_version, version)
                 live.snapshot_in_flight = False
-                live.last_snapshot_at = now
+                if live.durable_version > live.snapshot_version and not live.snapshot_scheduled:
+                    self._schedule_snapshot(live, next_at)
             if not self._snapshot_queue:
                 self._snapshots_idle.set()

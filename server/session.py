@@ -72,6 +72,8 @@ class Session:
         self._writable = asyncio.Event()
         self._writable.set()
         self._text = not codec.binary
+        # monotonic time the current write began; 0.0 while no write is in progress
+        self.send_started = 0.0
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self.aborted = False
@@ -126,7 +128,7 @@ class Session:
             reply = await app.dispatcher.dispatch(self, msg)
         finally:
             app.request_finished()
-        self.send(reply)
+        await self.reply(reply)
 
     def _refuse_if_limited(self, rid: int | None) -> bool:
         retry_after_ms = self._bucket.take(time.monotonic())
@@ -153,8 +155,28 @@ class Session:
 
     # --- outbound ---------------------------------------------------------------------------
 
+    async def reply(self, msg: ServerMessage) -> None:
+        """Send a reply from the request path.
+
+        When nothing is queued or being written, the frame is written here directly: no
+        hop through the writer task, and the client's own request path is what waits if
+        its socket is full (natural backpressure). Otherwise it joins the queue, which keeps
+        replies and pushes in order.
+        """
+        if self.aborted:
+            return
+        self.app.metrics.sent(type(msg))
+        frame = self.codec.encode(msg)
+        if self._queue or self.send_started:
+            self.send_frame(frame)
+            return
+        await self._write(frame)
+        if self._queue:
+            self._wake.set()
+
     def send(self, msg: ServerMessage) -> None:
-        """Queue a message. A full queue means the client is not reading: abort it."""
+        """Queue a message (pushes, errors outside a request). A full queue means the client
+        is not reading: abort it."""
         if self.aborted:
             return
         self.app.metrics.sent(type(msg))
@@ -175,29 +197,46 @@ class Session:
             return
         self.aborted = True
         self._queue.clear()
+        self._drained.set()
         self._writable.set()  # release a reader paused on backpressure; recv() then fails
         self.app.metrics.slow_consumer_aborts.inc()
         log.warning("aborting slow consumer %s: %s", self.transport.remote, why)
         self.transport.abort()
 
+    def check_write_deadline(self, now: float) -> None:
+        """Called by the app's watchdog: abort if one write has been blocked too long.
+
+        A watchdog instead of a timeout around every send: the deadline only matters for
+        writes that block, and arming a timer per frame cost more than the rest of the
+        write path.
+        """
+        started = self.send_started
+        if started and now - started > self._write_timeout:
+            self.abort_slow(f"write blocked for more than {self._write_timeout}s")
+
+    async def _write(self, frame: bytes) -> bool:
+        """Write one frame, marking the write for the deadline watchdog. False if the
+        transport is gone."""
+        self.send_started = time.monotonic()
+        try:
+            await self.transport.send(frame, self._text)
+        except Exception:  # transport closed under us: the reader side will finish
+            return False
+        finally:
+            self.send_started = 0.0
+        return True
+
     async def _write_loop(self) -> None:
         queue = self._queue
-        send = self.transport.send
-        text = self._text
         while True:
-            if not queue:
-                self._drained.set()
+            if not queue or self.send_started:
+                if not queue:
+                    self._drained.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             frame = queue.popleft()
             if len(queue) < self._high_water:
                 self._writable.set()
-            try:
-                async with asyncio.timeout(self._write_timeout):
-                    await send(frame, text)
-            except TimeoutError:
-                self.abort_slow(f"write blocked for {self._write_timeout}s")
-                return
-            except Exception:  # transport closed under us: the reader side will finish
+            if not await self._write(frame):
                 return
