@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from server.app import App
 from server.config import Settings
 from tests.support.client import JSON, MSGPACK, Client
+from tests.support.http import http_get
 
 ERROR_KEYS = {"t", "rid", "code", "message", "details"}
 DEADLINE_S = 10.0
@@ -87,21 +88,6 @@ async def closed_with(client: Client) -> tuple[int | None, list[dict[str, Any]]]
                 received.append(client.decode(await client.ws.recv()))
     rcvd = info.value.rcvd
     return (rcvd.code if rcvd is not None else None), received
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
-        )
-        await writer.drain()
-        async with asyncio.timeout(5):
-            data = await reader.read()
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 async def metric(port: int, name: str, **labels: str) -> float | None:

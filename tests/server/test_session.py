@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.app import App
 from server.config import Settings
 from tests.support.client import JSON, MSGPACK, Client
+from tests.support.http import http_get
 
 ERROR_KEYS = {"t", "rid", "code", "message", "details"}
 DEADLINE_S = 10.0
@@ -64,21 +65,6 @@ def assert_error(reply: dict[str, Any], code: str, rid: int | None = None) -> di
         assert reply["rid"] == rid
     details: dict[str, Any] = reply["details"]
     return details
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
-        )
-        await writer.drain()
-        async with asyncio.timeout(5):
-            data = await reader.read()
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

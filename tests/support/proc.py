@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.http import http_status
+
 ROOT = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 30.0
 
@@ -28,26 +30,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-async def http_status(port: int, path: str) -> int | None:
-    """The status code of ``GET path`` on 127.0.0.1:port, or None if nothing answers."""
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return None
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
-        )
-        await writer.drain()
-        status_line = await reader.readline()
-    except OSError:
-        return None
-    finally:
-        writer.close()
-    parts = status_line.split()
-    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
 
 
 class ServerProcess:
