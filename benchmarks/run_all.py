@@ -4,6 +4,12 @@
     python -m benchmarks.run_all --quick      # 3 s per scenario, 250 instead of 1,000 clients
     python -m benchmarks.run_all --only equip-100-durable --only ping-100
     python -m benchmarks.run_all --profile    # also py-spy the server (benchmarks/profile_server)
+    python -m benchmarks.run_all --only model # game model: tick, rules, memory, snapshots
+
+Scenarios: the ping ceiling; the ``equip``, ``stack`` and ``mixed`` workloads
+(``tools/wsprobe/plans.py``) durable and (equip) write-behind; ``tick-10k`` (starter-kit
+players, ``benchmarks/tick_bench.py``) and ``model`` (~60-item players,
+``benchmarks/model_bench.py``).
 
 Each server scenario starts its own ``gearhall serve`` (fresh data directory, so a fresh
 embedded Postgres), waits for ``/readyz``, runs the load generator (``tools/wsprobe/load``)
@@ -37,7 +43,7 @@ from typing import Any, Literal
 import msgspec
 import psutil
 
-from benchmarks import profile_server, tick_bench
+from benchmarks import model_bench, profile_server, tick_bench
 from benchmarks.harness import ROOT, ServerProcess, WindowSampler
 from tools.wsprobe.load import LoadConfig, LoadError, Workload, run_load
 
@@ -69,9 +75,13 @@ SCENARIOS = [
     Scenario("equip-1000-write-behind", "equip, closed loop", "equip", 1000, "write-behind"),
     Scenario("equip-4k-open-1000-durable", "equip, open loop 4,000 ops/s", "equip", 1000,
              "durable", rate=4000.0),
+    Scenario("stack-100-durable", "split/sort/merge, closed loop", "stack", 100, "durable"),
+    Scenario("mixed-100-durable", "equip + stack + stats, closed loop", "mixed", 100,
+             "durable"),
 ]  # fmt: skip
 TICK = "tick-10k"
-ALL_NAMES = [s.name for s in SCENARIOS] + [TICK]
+MODEL = "model"
+ALL_NAMES = [s.name for s in SCENARIOS] + [TICK, MODEL]
 QUICK_CLIENTS = 250
 
 
@@ -190,6 +200,20 @@ def run_tick(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": TICK, **result}
 
 
+def run_model(args: argparse.Namespace) -> dict[str, Any]:
+    """The game-model benchmarks (``benchmarks/model_bench.py``) in their own processes."""
+    print(f"== {MODEL}: tick, rules, memory and snapshots with ~60-item players", file=sys.stderr)
+    cmd = [sys.executable, "-m", "benchmarks.model_bench", "--json-only", "--no-save"]
+    if args.quick:
+        cmd.append("--quick")
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0 and not done.stdout.strip():
+        return {"name": MODEL, "error": done.stderr[-2000:]}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print("   " + model_bench.render_summary(result).replace("\n", "\n   "), file=sys.stderr)
+    return {"name": MODEL, **result}
+
+
 def _ops(entries: dict[str, dict[str, Any]], name: str) -> float | None:
     entry = entries.get(name)
     if entry is None or "load" not in entry:
@@ -244,6 +268,12 @@ def targets(
         ("tick p99 <= 5 ms, 10,000 players", tick_p99, 5.0, False),
     ]  # fmt: skip
     out = []
+    model = entries.get(MODEL, {})
+    for row in model.get("targets", []):
+        value = row["measured"]
+        threshold = model_bench.TICK_TARGET_MS if "tick" in row["target"] else (
+            model_bench.MEMORY_TARGET_BYTES)  # fmt: skip
+        rows.append((row["target"], value, threshold, False))
     for target, value, threshold, higher in rows:
         met = (
             None
@@ -280,6 +310,10 @@ def render_table(result: dict[str, Any]) -> str:
     if tick and "error" not in tick:
         lines.append("")
         lines.append(tick_bench.render_summary(tick))
+    model = result.get("model")
+    if model and "error" not in model:
+        lines.append("")
+        lines.append(model_bench.render_summary({k: v for k, v in model.items() if k != "targets"}))
     lines.append("")
     for name, value in result["derived"].items():
         lines.append(f"{name:34} {value if value is not None else 'n/a'}")
@@ -339,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["scenarios"].append(run_scenario(scenario, args, data_root, index))
         if TICK in selected:
             result["tick"] = run_tick(args)
+        if MODEL in selected:
+            result["model"] = run_model(args)
         if args.profile:
             RESULTS.mkdir(exist_ok=True)
             print("== profile: py-spy on the server, equip-100-durable", file=sys.stderr)
@@ -359,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = {e["name"]: e for e in result["scenarios"]}
     if "tick" in result:
         entries[TICK] = result["tick"]
+    if "model" in result:
+        entries[MODEL] = result["model"]
     result["derived"] = derive(entries)
     result["targets"] = targets(entries, result["derived"], args.quick)
     result["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)

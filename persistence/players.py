@@ -33,6 +33,11 @@ async def get_or_create_player(conn: asyncpg.Connection, name: str) -> int:
     return int(row)
 
 
+async def player_name(conn: asyncpg.Connection, player_id: int) -> str | None:
+    name = await conn.fetchval("SELECT name FROM players WHERE id = $1", player_id)
+    return None if name is None else str(name)
+
+
 async def allocate_item_block(conn: asyncpg.Connection) -> range:
     """A fresh block of ``ITEM_ID_BLOCK`` globally unique item ids."""
     block = int(await conn.fetchval("SELECT nextval('item_id_blocks')"))

@@ -27,6 +27,8 @@ class ErrorCode(enum.StrEnum):
     COOLDOWN_ACTIVE = "cooldown_active"
     INSUFFICIENT_FUNDS = "insufficient_funds"
     INVENTORY_FULL = "inventory_full"
+    REQUIREMENTS_NOT_MET = "requirements_not_met"
+    OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -102,6 +104,7 @@ class CooldownActiveError(GearhallError):
             f"cooldown {group!r} is active",
             group=group,
             retry_after_ms=retry_after_ms,
+            ready_in_ms=retry_after_ms,
             ready_at_ms=ready_at_ms,
         )
 
@@ -119,6 +122,35 @@ class InventoryFullError(GearhallError):
 
     def __init__(self, compartment: str) -> None:
         super().__init__(f"compartment {compartment!r} is full", compartment=compartment)
+
+
+class RequirementsNotMetError(GearhallError):
+    """The player lacks the level or skill levels an item needs. ``missing`` says which:
+    ``{"level": {"required": 5, "current": 3}, "skills": {"alchemy": {...}}}``."""
+
+    code = ErrorCode.REQUIREMENTS_NOT_MET
+
+    def __init__(self, item_id: int, template: str, missing: dict[str, object]) -> None:
+        super().__init__(
+            f"requirements for {template!r} not met",
+            item_id=item_id,
+            template=template,
+            missing=missing,
+        )
+
+
+class OverloadedError(GearhallError):
+    """The player would carry more than they can: an overloaded player picks up nothing."""
+
+    code = ErrorCode.OVERLOADED
+
+    def __init__(self, weight: int, capacity: int, limit: int) -> None:
+        super().__init__(
+            "too heavy: you would be overloaded",
+            carried_weight=weight,
+            carry_capacity=capacity,
+            overloaded_above=limit,
+        )
 
 
 class UnavailableError(GearhallError):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -15,6 +16,7 @@ from pathlib import Path
 import asyncpg
 from websockets.asyncio.server import Server
 
+from persistence.catalog import active_or_store, read_catalog_file, store_catalog
 from persistence.embedded import EmbeddedPostgres, start_embedded
 from persistence.journal import Journal, JournalMetrics
 from persistence.migrate import migrate
@@ -27,7 +29,7 @@ from server.metrics import Metrics
 from server.session import CLOSE_GOING_AWAY, Session
 from server.transport_ws import start_server
 from sim.driver import TickDriver
-from sim.templates import DEFAULT_TEMPLATES, Catalog, load_templates
+from sim.templates import DEFAULT_TEMPLATES, Catalog
 
 log = logging.getLogger("gearhall")
 
@@ -42,12 +44,16 @@ def server_version() -> str:
 class App:
     """One Gearhall node. ``await start()``, serve, ``await stop()``."""
 
+    catalog: Catalog  # set by __init__ when given, else by start()
+
     def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
         self.settings = settings
         self.version = server_version()
-        self.catalog = catalog or load_templates(
-            Path(settings.templates) if settings.templates else DEFAULT_TEMPLATES
-        )
+        # A catalog given here (tests) is used as is; otherwise start() reads the active one
+        # from Postgres (see _load_catalog).
+        self._given_catalog = catalog
+        if catalog is not None:
+            self.catalog = catalog
         self.metrics = Metrics()
         self.sessions: set[Session] = set()
         self.draining = False
@@ -71,10 +77,11 @@ class App:
         conn = await asyncpg.connect(self.dsn)
         try:
             applied = await migrate(conn)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+            self.catalog = await self._load_catalog(conn)
         finally:
             await conn.close()
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
         self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=s.db_pool_size)
         m = self.metrics
         batch_rows, commit_latency = m.journal_batch_rows, m.journal_commit_latency
@@ -120,6 +127,41 @@ class App:
             "embedded" if self.embedded else "external",
             mode,
         )
+
+    async def _load_catalog(self, conn: asyncpg.Connection) -> Catalog:
+        """The catalog this node runs: the one given to ``App``; else the ``templates``
+        file, stored and activated for every node; else the active one in Postgres; else
+        (first start) the shipped file, stored and activated.
+
+        Raises:
+            TemplateError: the file is unreadable or invalid, or the stored one no longer
+                parses.
+        """
+        if self._given_catalog is not None:
+            catalog = self._given_catalog
+            log.info(
+                "catalog %s (%d templates, given by the caller)",
+                catalog.digest[:12],
+                len(catalog.templates),
+            )
+            return catalog
+        loaded_by = f"gearhall {self.version} serve on {socket.gethostname()}"
+        if self.settings.templates:
+            path = Path(self.settings.templates)
+            stored = await store_catalog(conn, read_catalog_file(path), str(path), loaded_by)
+            how = f"from {path}, {'stored as new version' if stored.created else 'already stored'}"
+        else:
+            text = read_catalog_file(DEFAULT_TEMPLATES)
+            stored = await active_or_store(conn, text, str(DEFAULT_TEMPLATES), loaded_by)
+            how = "shipped default, stored" if stored.created else "active in the database"
+        log.info(
+            "catalog #%d %s (%d templates, %s)",
+            stored.catalog_id,
+            stored.catalog.digest[:12],
+            len(stored.catalog.templates),
+            how,
+        )
+        return stored.catalog
 
     @property
     def port(self) -> int:

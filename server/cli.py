@@ -1,12 +1,15 @@
-"""``gearhall``: serve, migrate, config show, protocol schema, templates check."""
+"""``gearhall``: serve, migrate, config show, protocol schema, templates check/load."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
+import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -47,6 +50,20 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to ``database_url``, else to the embedded Postgres under ``data_dir``."""
+    dsn = settings.database_url
+    if not dsn:
+        embedded = await asyncio.to_thread(start_embedded, Path(settings.data_dir))
+        dsn = embedded.dsn()
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def _migrate(settings: Settings, show_status: bool) -> int:
     embedded = None
     dsn = settings.database_url
@@ -64,6 +81,32 @@ async def _migrate(settings: Settings, show_status: bool) -> int:
         return 0
     finally:
         await conn.close()
+
+
+async def _templates_load(settings: Settings, path: Path) -> int:
+    """Validate ``path`` first (no database needed to refuse a bad file), then migrate,
+    store and activate it.
+
+    Raises:
+        TemplateError: the file is unreadable or invalid; nothing was written.
+        MigrationError: see ``persistence.migrate.migrate``.
+    """
+    from persistence.catalog import read_catalog_file, store_catalog
+    from sim.templates import parse_templates
+
+    text = read_catalog_file(path)
+    parse_templates(text, str(path))
+    async with _database(settings) as conn:
+        await migrate(conn)
+        loaded_by = f"gearhall templates load on {socket.gethostname()}"
+        stored = await store_catalog(conn, text, str(path), loaded_by)
+    state = "new version" if stored.created else "already stored, activated again"
+    print(
+        f"catalog #{stored.catalog_id} {stored.catalog.digest[:12]}: "
+        f"{len(stored.catalog.templates)} templates from {path} ({state}); "
+        "servers use it from their next start"
+    )
+    return 0
 
 
 def _run(coro: object) -> int:
@@ -104,9 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     proto.add_argument("--format", choices=["jsonschema", "asyncapi"], default="jsonschema")
     proto.add_argument("--output", type=Path, help="write here instead of stdout")
 
-    tpl = sub.add_parser("templates", help="item templates")
-    tpl.add_argument("action", choices=["check"])
+    tpl = sub.add_parser(
+        "templates",
+        help="item templates",
+        description="check: validate FILE (no database). load: validate FILE, store it in "
+        "Postgres and make it the active catalog (servers pick it up when they start).",
+    )
+    tpl.add_argument("action", choices=["check", "load"])
     tpl.add_argument("file", type=Path)
+    tpl.add_argument("--data-dir", help="embedded Postgres lives under DATA_DIR/pg (load)")
 
     args = parser.parse_args(argv)
     try:
@@ -117,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format)
 
     if args.command == "serve":
-        return _run(_serve(settings))
+        from sim.templates import TemplateError
+
+        try:
+            return _run(_serve(settings))
+        except (TemplateError, MigrationError) as exc:
+            print(f"gearhall serve: {exc}", file=sys.stderr)
+            return 1
     if args.command == "migrate":
         try:
             return _run(_migrate(settings, args.status))
@@ -140,11 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         from sim.templates import TemplateError, load_templates
 
         try:
+            if args.action == "load":
+                return _run(_templates_load(settings, args.file))
             catalog = load_templates(args.file)
-        except TemplateError as exc:
+        except (TemplateError, MigrationError) as exc:
             print(f"gearhall templates: {exc}", file=sys.stderr)
             return 1
-        print(f"{args.file}: {len(catalog.templates)} templates OK")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            print(f"gearhall templates: database unavailable: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.file}: {len(catalog.templates)} templates OK ({catalog.digest[:12]})")
         return 0
     parser.error(f"unknown command {args.command}")  # exits
 

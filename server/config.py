@@ -24,6 +24,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_format: LogFormat = "console"
     durability: Durability = "durable"
     dev_auth: bool = False
+    # A catalog file to store in Postgres and activate at start (for every node). None: run
+    # the catalog active in Postgres (the shipped sim/data/templates.toml on first start).
     templates: str | None = None
     # transport limits
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024

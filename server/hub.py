@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
 import time
 from collections.abc import Callable
@@ -25,11 +26,13 @@ import msgspec
 from persistence import players as repo
 from persistence.journal import Journal
 from protocol.errors import UnavailableError
-from protocol.messages import PlayerDelta, Request
-from protocol.model import AnyEffect, PlayerState
+from protocol.messages import CooldownReady, PlayerDelta, Request
+from protocol.model import AnyEffect, CooldownStarted, ItemCreated, PlayerState
 from sim.apply import apply
-from sim.rules import RuleContext, grant_starter_kit
+from sim.common import MAX_CREATED_PER_INTENT
+from sim.rules import CREATES_ITEMS, RuleContext, grant_starter_kit, reconcile
 from sim.state import decode_state, encode_state
+from sim.stats import StatsCache
 from sim.templates import Catalog
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ class LivePlayer:
         "durable_version",
         "idle_since",
         "pending_pushes",
+        "pinned",
         "player_id",
         "recent",
         "sessions",
@@ -72,6 +76,9 @@ class LivePlayer:
         self.pending_pushes: list[tuple[Session | None, list[AnyEffect], int]] = []
         self.waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.idle_since: float | None = None
+        # Requests working on this player without being one of its sessions (admin grants):
+        # while non-zero the player is not evicted under them.
+        self.pinned = 0
 
 
 class PlayerHub:
@@ -104,7 +111,12 @@ class PlayerHub:
         self._idle_due: collections.deque[tuple[float, LivePlayer]] = collections.deque()
         self._snapshot_wake = asyncio.Event()
         self._snapshot_task: asyncio.Task[None] | None = None
-        self._item_ids: collections.deque[int] = collections.deque()
+        # Fresh item ids: a run [_id_next, _id_end) from a hi/lo block (persistence.players).
+        self._id_next = 0
+        self._id_end = 0
+        # Running cooldowns of loaded players, soonest first: (ready_at_ms, player_id, key).
+        self._cooldowns: list[tuple[int, int, str]] = []
+        self.stats = StatsCache(catalog)
         self._loop = asyncio.get_running_loop()  # cached: 3.11's lookup calls getpid()
         self._snapshots_idle = asyncio.Event()
         self._snapshots_idle.set()
@@ -118,7 +130,12 @@ class PlayerHub:
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
 
     def context(self) -> RuleContext:
-        return RuleContext(tick=self._tick(), tick_ms=self.tick_ms, catalog=self.catalog)
+        return RuleContext(
+            tick=self._tick(),
+            tick_ms=self.tick_ms,
+            catalog=self.catalog,
+            next_item_id=self._id_next,
+        )
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -130,7 +147,13 @@ class PlayerHub:
             return live
         pending = self._loading.get(player_id)
         if pending is not None:
-            return await asyncio.shield(pending)
+            live = await asyncio.shield(pending)
+            # A tick may have run between the load finishing and this waiter resuming, and
+            # evicted the player (idle, and released by whoever loaded it): load it again.
+            # Callers attach or pin synchronously after this returns, so it stays.
+            if self.players.get(player_id) is live:
+                return live
+            return await self.acquire(player_id, name)
         future: asyncio.Future[LivePlayer] = asyncio.get_running_loop().create_future()
         self._loading[player_id] = future
         try:
@@ -139,10 +162,23 @@ class PlayerHub:
             live = LivePlayer(loaded.state, loaded.snapshot_version, self.settings.resume_buffer)
             self.players[player_id] = live
             self.metrics.players_online.set(len(self.players))
-            if live.state.version == 0 and self.catalog.starter_kit:
-                ids = await self._take_item_ids(len(self.catalog.starter_kit))
-                effects = grant_starter_kit(live.state, self.context(), ids)
-                await self.commit(live, effects, origin=None)
+            if live.state.version == 0:
+                await self._ensure_ids(len(self.catalog.starter_kit))
+                ids = range(self._id_next, self._id_next + len(self.catalog.starter_kit))
+                self._id_next = ids.stop
+                await self.commit(live, grant_starter_kit(live.state, self.context(), ids), None)
+            # The catalog may have changed since this player was last loaded: new or grown
+            # compartments, and items whose template or slot is gone, go where they belong.
+            fixes = reconcile(live.state, self.context())
+            if fixes:
+                log.info(
+                    "player %d: reconciled with the catalog (%d effects)", player_id, len(fixes)
+                )
+                await self.commit(live, fixes, None)
+            now_ms = self._tick() * self.tick_ms
+            for key, ready_at in live.state.cooldowns.items():
+                if ready_at > now_ms:
+                    heapq.heappush(self._cooldowns, (ready_at, player_id, key))
             future.set_result(live)
             return live
         except BaseException as exc:
@@ -153,12 +189,15 @@ class PlayerHub:
         finally:
             del self._loading[player_id]
 
-    async def _take_item_ids(self, n: int) -> list[int]:
-        while len(self._item_ids) < n:
-            async with self.pool.acquire() as conn:
-                block = await repo.allocate_item_block(conn)
-            self._item_ids.extend(i for i in block if i > 0)
-        return [self._item_ids.popleft() for _ in range(n)]
+    async def _ensure_ids(self, n: int) -> None:
+        """Make sure ``n`` consecutive fresh ids are available at ``_id_next``."""
+        if self._id_end - self._id_next >= n:
+            return
+        async with self.pool.acquire() as conn:
+            block = await repo.allocate_item_block(conn)
+        if len(block) < n:  # pragma: no cover - blocks are 1000, intents create <= 64
+            raise RuntimeError("item id block smaller than one intent needs")
+        self._id_next, self._id_end = max(block.start, 1), block.stop
 
     def attach(self, live: LivePlayer, session: Session) -> None:
         live.sessions.append(session)
@@ -177,6 +216,8 @@ class PlayerHub:
         self, live: LivePlayer, effects: list[AnyEffect], origin: Session | None
     ) -> int:
         """Apply ``effects`` now, journal them, and return the version once they are durable.
+        Every session of the player but ``origin`` (whose reply carries them) gets them as
+        a delta on the next tick.
 
         Raises:
             UnavailableError: the journal is closing (shutdown).
@@ -196,11 +237,16 @@ class PlayerHub:
             base = version - len(effects)
             for offset, effect in enumerate(effects, start=1):
                 live.recent.append((base + offset, effect))
-            if len(live.sessions) > (origin is not None):
+            if any(session is not origin for session in live.sessions):
                 live.pending_pushes.append((origin, effects, version))
                 self._pushes[live.player_id] = live
             if not live.snapshot_scheduled:
                 self._schedule_snapshot(live, time.monotonic() + self.settings.snapshot_interval_s)
+            for effect in effects:
+                if isinstance(effect, CooldownStarted):
+                    heapq.heappush(
+                        self._cooldowns, (effect.ready_at_ms, live.player_id, effect.key)
+                    )
             self._release_waiters(live)
             if not done.done():
                 done.set_result(None)
@@ -220,9 +266,14 @@ class PlayerHub:
         live: LivePlayer,
         intent: Request,
         rule: Callable[..., list[AnyEffect]],
-        origin: Session,
+        origin: Session | None,
     ) -> tuple[int, list[AnyEffect]]:
+        if type(intent) in CREATES_ITEMS:
+            await self._ensure_ids(MAX_CREATED_PER_INTENT)
         effects = rule(live.state, intent, self.context())
+        for effect in effects:
+            if isinstance(effect, ItemCreated) and effect.item.id >= self._id_next:
+                self._id_next = effect.item.id + 1
         if not effects:
             return live.state.version, effects
         return await self.commit(live, effects, origin), effects
@@ -273,6 +324,8 @@ class PlayerHub:
             pushes, self._pushes = self._pushes, {}
             for live in pushes.values():
                 self._flush_pushes(live)
+        if self._cooldowns:
+            self._announce_ready_cooldowns(tick * self.tick_ms)
         now = time.monotonic()
         due = self._snapshot_due
         while due and due[0][0] <= now:
@@ -300,13 +353,43 @@ class PlayerHub:
                 and live.snapshot_version == live.state.version
                 and not live.snapshot_in_flight
                 and not live.waiters
+                and not live.pinned
             ):
                 del self.players[live.player_id]
+                self.stats.forget(live.player_id)
                 evicted = True
             else:
                 idle.append((max(now + 1.0, live.idle_since + evict_after), live))
         if evicted:
             self.metrics.players_online.set(len(self.players))
+
+    def _announce_ready_cooldowns(self, now_ms: int) -> None:
+        heap = self._cooldowns
+        while heap and heap[0][0] <= now_ms:
+            entry = heapq.heappop(heap)
+            # A player evicted and loaded again has its running cooldowns pushed twice (the
+            # eviction leaves the old entries): equal entries pop in a row, announce one.
+            while heap and heap[0] == entry:
+                heapq.heappop(heap)
+            ready_at, player_id, key = entry
+            live = self.players.get(player_id)
+            # Skip cooldowns restarted since (a later entry announces them) or players gone.
+            if live is None or live.state.cooldowns.get(key) != ready_at:
+                continue
+            for session in live.sessions:
+                session.send(CooldownReady(seq=live.durable_version, key=key, ready_at_ms=ready_at))
+
+    def pin(self, live: LivePlayer) -> None:
+        """Keep ``live`` in memory while a request without a session of its own (an admin
+        grant) works on it. Call right after :meth:`acquire`, without awaiting in between."""
+        live.pinned += 1
+
+    def unpin(self, live: LivePlayer) -> None:
+        """Undo :meth:`pin`; a player nobody is attached to then becomes idle (evictable)."""
+        live.pinned -= 1
+        if not live.pinned and not live.sessions and live.idle_since is None:
+            live.idle_since = time.monotonic()
+            self._idle_due.append((live.idle_since, live))
 
     def _schedule_snapshot(self, live: LivePlayer, at: float) -> None:
         live.snapshot_scheduled = True

@@ -58,6 +58,7 @@ class Session:
         self.transport = transport
         self.codec = codec
         self.player: LivePlayer | None = None
+        self.roles: frozenset[str] = frozenset()
         settings = app.settings
         self._bucket = TokenBucket(
             settings.rate_limit_per_s, settings.rate_limit_burst, time.monotonic()

@@ -2,18 +2,21 @@
 recovered in part (DESIGN.md §4).
 
 Players run closed loops (one request in flight each, many players in parallel) of equips,
-swaps, unequips and moves, and remember every acknowledged effect. The server is SIGKILLed at a
-random moment (seeded; the seed is printed — set ``GEARHALL_TEST_SEED`` to replay it), and
-with no server running the test reads Postgres: the journal must be contiguous, hold every
-acknowledged effect as acknowledged, and above the last acknowledged version hold either
-nothing or all the effects of the one request that was in flight. The restarted server must
-then welcome each player with exactly that state. Three kills cover the loop twice and once the
-middle of hellos (including new players whose starter kit is being committed).
+swaps, unequips, moves, splits, merges, sorts and uses (potions, bread, the training manual),
+and remember every acknowledged effect, replayed with the client mirror (``protocol.mirror``).
+The server is SIGKILLed at a random moment (seeded; the seed is printed — set
+``GEARHALL_TEST_SEED`` to replay it), and with no server running the test reads Postgres: the
+journal must be contiguous, hold every acknowledged effect as acknowledged, and above the last
+acknowledged version hold either nothing or all the effects of the one request that was in
+flight. The restarted server must then welcome each player with exactly that state (byte for
+byte). Three kills cover the loop twice and once the middle of hellos (including new players
+whose starter kit is being committed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import os
 import random
@@ -21,7 +24,9 @@ import signal
 
 import pytest
 
+from protocol.messages import tag_of
 from tests.e2e.conftest import (
+    WORKLOAD_INTENTS,
     Phase,
     Player,
     Spawn,
@@ -127,6 +132,11 @@ async def test_kill_9_loses_nothing_acknowledged(spawn: Spawn, dsn: str, checkpo
             print(f"round {number}: {acked} requests acknowledged before the kill")
             assert acked > 0, "the server acknowledged nothing: the test checked nothing"
         await _reconcile(dsn, everyone, checkpoints=checkpoints)
+
+    # The workload did what it claims: every kind of request changed state at least once.
+    changed_by = sum((p.changed_by for p in everyone), collections.Counter[str]())
+    print(f"state-changing requests by tag: {dict(changed_by)}")
+    assert set(changed_by) == {tag_of(t) for t in WORKLOAD_INTENTS}, changed_by
 
     # Restart once more: every welcome must show the model (reconciled above), then a
     # graceful stop must leave exactly that, snapshotted.

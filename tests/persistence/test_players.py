@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -16,7 +17,15 @@ from persistence.players import (
     load_player,
     save_snapshots,
 )
-from protocol.model import AnyEffect, ItemCreated, ItemEquipped, ItemInstance, ItemMoved
+from protocol.model import (
+    AnyEffect,
+    CompartmentResized,
+    ItemCreated,
+    ItemInstance,
+    ItemsMoved,
+    Move,
+    PlayerState,
+)
 from server.app import App
 from server.config import Settings
 from sim.apply import apply
@@ -27,26 +36,22 @@ _encode = msgspec.msgpack.Encoder().encode
 
 
 def chain(n: int) -> list[AnyEffect]:
-    """``n`` valid effects in order: three items created, then shuffled around."""
-    effects: list[AnyEffect] = [
-        ItemCreated(
-            item=ItemInstance(id=1000 + i, template="cloth_cap"), compartment="backpack", index=i
-        )
+    """``n`` valid effects in order: a backpack, three items created, one equipped, then one
+    shuffled around the backpack."""
+    effects: list[AnyEffect] = [CompartmentResized(compartment="backpack", size=24)]
+    effects.extend(
+        ItemCreated(item=ItemInstance(id=1000 + i, template="cloth_cap"), dst=("backpack", i))
         for i in range(3)
-    ]
+    )
     effects.append(
-        ItemEquipped(item_id=1000, slot="head", compartment="backpack", index=0, displaced=None)
+        ItemsMoved(reason="equip", moves=[Move(1000, ("backpack", 0), ("equipment", "head"))])
     )
     position = 1
     while len(effects) < n:
-        target = 10 + len(effects)
+        target = 3 + len(effects) % 20  # free cells 3..22, never the one it is in
         effects.append(
-            ItemMoved(
-                item_id=1001,
-                from_compartment="backpack",
-                from_index=position,
-                to_compartment="backpack",
-                to_index=target,
+            ItemsMoved(
+                reason="move", moves=[Move(1001, ("backpack", position), ("backpack", target))]
             )
         )
         position = target
@@ -168,27 +173,71 @@ async def test_journal_not_continuing_the_snapshot_is_corrupt(conn: asyncpg.Conn
         await load_player(conn, pid, "p")
 
 
+def state_bytes(welcome: dict[str, Any]) -> bytes:
+    """The welcome's state in the canonical snapshot encoding (field and key order count)."""
+    return encode_state(msgspec.convert(welcome["state"], PlayerState))
+
+
+async def play(url: str, name: str) -> dict[str, Any]:
+    """Drive a new player through equips, a move, a swap, an unequip, a healing potion, a
+    training manual (XP, a skill level-up) and a granted elixir (a buff); return the last
+    reply."""
+    client = await Client.open(url, MSGPACK)
+    admin = await Client.open(url, MSGPACK)
+    try:
+        welcome = await client.hello(name)
+        await admin.request("session.hello", token="dev-admin:granter")
+        grant = await admin.request(
+            "admin.grant_item",
+            player_id=welcome["player_id"],
+            template="elixir_of_might",
+            idempotency_key="restart-test-elixir",
+        )
+        assert grant["t"] == "admin.grant_item_reply", grant
+        cells = welcome["state"]["compartments"]["backpack"]
+        potion = welcome["state"]["compartments"]["belt"][0]
+        steps: list[tuple[str, dict[str, Any]]] = [
+            ("inventory.equip_item", {"item_id": cells[0], "slot": "head"}),
+            ("inventory.move_item", {"item_id": cells[7], "compartment": "backpack", "index": 20}),
+            ("inventory.equip_item", {"item_id": cells[5], "slot": "main_hand"}),  # a cooldown
+            ("inventory.equip_item", {"item_id": cells[3], "slot": "ring1"}),
+            ("inventory.equip_item", {"item_id": cells[4], "slot": "ring1"}),  # a swap
+            ("inventory.unequip_item", {"slot": "head", "index": 23}),
+            ("inventory.use_item", {"item_id": potion}),  # heal, alchemy XP, group cooldown
+            ("inventory.use_item", {"item_id": cells[8]}),  # manual: a charge, a level-up
+            ("inventory.use_item", {"item_id": grant["item_ids"][0]}),  # a buff
+        ]
+        for t, fields in steps:
+            reply = await client.request(t, **fields)
+            assert reply["t"] == "effects", (t, reply)
+        return reply
+    finally:
+        await client.close()
+        await admin.close()
+
+
 @pytest.mark.parametrize("drop_snapshot", [False, True], ids=["snapshot", "journal-only"])
 async def test_restart_replays_to_the_same_state(
     app: App, url: str, make_settings: Callable[..., Settings], dsn: str, drop_snapshot: bool
 ) -> None:
-    client = await Client.open(url, MSGPACK)
-    welcome = await client.hello("replayer")
-    cells = welcome["state"]["compartments"]["backpack"]
-    for t, fields in [
-        ("inventory.equip_item", {"item_id": cells[0], "slot": "head"}),
-        ("inventory.move_item", {"item_id": cells[7], "compartment": "backpack", "index": 20}),
-        ("inventory.equip_item", {"item_id": cells[5], "slot": "main_hand"}),  # a cooldown
-        ("inventory.equip_item", {"item_id": cells[1], "slot": "head"}),  # a swap
-        ("inventory.unequip_item", {"slot": "head", "index": 23}),
-    ]:
-        reply = await client.request(t, **fields)
-        assert reply["t"] == "effects", reply
-    await client.close()
+    reply = await play(url, "replayer")
     observer = await Client.open(url, MSGPACK)
     before = await observer.hello("replayer")
     assert before["version"] == reply["version"]
     await observer.close()
+    state = before["state"]
+    # What the restart must bring back is really there.
+    assert set(state["cooldowns"]) == {
+        "healing_potion",
+        "item:training_manual",
+        "item:elixir_of_might",
+        "equip:main_hand",
+    }, state["cooldowns"]
+    assert state["skills"] == {"alchemy": 5, "swordsmanship": 150}
+    assert state["skill_levels"] == {"swordsmanship": 2}
+    assert state["health"] == 100
+    assert list(state["active_effects"]) == ["elixir_of_might"]
+    assert sorted(state["equipment"]) == ["main_hand", "ring1"]
 
     await app.stop()  # graceful: flushes the journal and snapshots everyone
 
@@ -210,7 +259,7 @@ async def test_restart_replays_to_the_same_state(
         after = await again.hello("replayer")
         assert after["player_id"] == before["player_id"]
         assert after["version"] == before["version"]
-        assert after["state"] == before["state"]
+        assert state_bytes(after) == state_bytes(before)
         await again.close()
     finally:
         await restarted.stop()

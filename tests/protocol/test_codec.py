@@ -18,13 +18,21 @@ from protocol.errors import ERROR_CLASSES, BadRequestError, ErrorCode, GearhallE
 from protocol.messages import (
     CLIENT_MESSAGES,
     AnyServerMessage,
+    DestroyItem,
     EquipItem,
     ErrorReply,
+    GetStats,
+    GrantItem,
+    MergeStacks,
     MoveItem,
     Ping,
     Request,
     SessionHello,
+    SortCompartment,
+    SplitStack,
     UnequipItem,
+    UseItem,
+    tag_of,
 )
 
 JSON = SUBPROTOCOL_JSON
@@ -122,6 +130,27 @@ BAD_FRAMES: dict[str, Bad] = {
         6,
         "missing required field `slot`",
     ),
+    "json_split_qty_zero": Bad(
+        JSON,
+        b'{"t":"inventory.split_stack","rid":8,"item_id":1,"qty":0,"compartment":"bag","index":0}',
+        8,
+        "Expected `int` >= 1 - at `$.qty`",
+    ),
+    "msgpack_grant_without_key": Bad(
+        MSGPACK,
+        mp({"t": "admin.grant_item", "rid": 4, "player_id": 1, "template": "bread"}),
+        4,
+        "missing required field `idempotency_key`",
+    ),
+    "json_destroy_qty_str": Bad(
+        JSON,
+        b'{"t":"inventory.destroy_item","rid":2,"item_id":1,"qty":"all"}',
+        2,
+        "Expected `int | null`, got `str` - at `$.qty`",
+    ),
+    "json_get_stats_with_field": Bad(
+        JSON, b'{"t":"player.get_stats","rid":3,"player_id":9}', 3, "unknown field `player_id`"
+    ),
     "json_unknown_field": Bad(JSON, b'{"t":"ping","rid":3,"extra":1}', 3, "unknown field `extra`"),
     "msgpack_unknown_field": Bad(
         MSGPACK, mp({"t": "ping", "rid": 3, "extra": 1}), 3, "unknown field `extra`"
@@ -195,6 +224,20 @@ VALID: dict[type[Request], Request] = {
     EquipItem: EquipItem(rid=3, item_id=10, slot="head"),
     UnequipItem: UnequipItem(rid=4, slot="ring1", compartment="backpack", index=5),
     MoveItem: MoveItem(rid=5, item_id=11, compartment="backpack", index=0),
+    SplitStack: SplitStack(rid=6, item_id=12, qty=3, compartment="belt", index=1),
+    MergeStacks: MergeStacks(rid=7, item_id=12, into_item_id=13),
+    SortCompartment: SortCompartment(rid=8, compartment="bank"),
+    DestroyItem: DestroyItem(rid=9, item_id=14, qty=2),
+    UseItem: UseItem(rid=10, item_id=15),
+    GetStats: GetStats(rid=11),
+    GrantItem: GrantItem(
+        rid=12,
+        player_id=7,
+        template="healing_potion",
+        qty=25,
+        compartment="belt",
+        idempotency_key="order-123:line-1",
+    ),
 }
 
 
@@ -277,11 +320,14 @@ _VALUES = st.recursive(
     | st.booleans()
     | st.integers(-(2**63), 2**63 - 1)
     | st.text(max_size=8)
-    | st.sampled_from(["ping", "session.hello", "inventory.move_item", "backpack", "head"]),
+    | st.sampled_from(["ping", "session.hello", "inventory.move_item", "backpack", "head"])
+    | st.sampled_from([tag_of(cls) for cls in CLIENT_MESSAGES]),
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(
-            st.sampled_from(["t", "rid", "token", "item_id", "slot", "x"]), children, max_size=5
+            st.sampled_from(["t", "rid", "token", "item_id", "slot", "qty", "compartment", "x"]),
+            children,
+            max_size=5,
         )
     ),
     max_leaves=10,

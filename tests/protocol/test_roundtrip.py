@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 from protocol import SUBPROTOCOLS
 from protocol.codec import CODECS
 from protocol.messages import CLIENT_MESSAGES, SERVER_MESSAGES, AnyServerMessage
-from protocol.model import EFFECT_TYPES, AnyEffect, PlayerState
+from protocol.model import (
+    EFFECT_TYPES,
+    ActiveEffect,
+    AnyEffect,
+    ItemInstance,
+    ItemsMoved,
+    Move,
+    PlayerState,
+)
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -70,6 +78,8 @@ def strategy_for(t: msgspec.inspect.Type) -> st.SearchStrategy[object]:
         return st.sampled_from(list(t.cls))
     if isinstance(t, msgspec.inspect.UnionType):
         return st.one_of([strategy_for(member) for member in t.types])
+    if isinstance(t, msgspec.inspect.TupleType):  # a fixed-length tuple, such as ``Loc``
+        return st.tuples(*(strategy_for(item) for item in t.item_types))
     if isinstance(t, msgspec.inspect.ListType):
         return st.lists(
             strategy_for(t.item_type),
@@ -160,6 +170,49 @@ def test_effect_round_trips_as_tagged_union(
     assert type(decoded) is cls
     assert decoded == effect
     assert module.encode(decoded) == raw
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+@pytest.mark.parametrize("cls", [PlayerState, ItemInstance, ActiveEffect, Move], ids=_name)
+@given(data=st.data())
+def test_model_struct_round_trips(
+    encoding: str, cls: type[msgspec.Struct], data: st.DataObject
+) -> None:
+    module = msgspec.json if encoding == "json" else msgspec.msgpack
+    value = data.draw(struct_strategy(cls))
+    raw = module.encode(value)
+
+    decoded = module.decode(raw, type=cls)
+
+    assert decoded == value
+    assert module.encode(decoded) == raw
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+@given(moves=st.lists(struct_strategy(Move), min_size=1, max_size=MAX_COLLECTION))
+def test_locations_come_back_as_tuples_with_their_key_type(
+    encoding: str, moves: list[Move]
+) -> None:
+    # ``Loc`` is ``tuple[str, int | str]``: a compartment index must come back an int and a
+    # slot name a str (never "3" for 3), or a mirror would place items under the wrong key.
+    module = msgspec.json if encoding == "json" else msgspec.msgpack
+    effect = ItemsMoved(reason="move", moves=moves)
+
+    decoded = module.decode(module.encode(effect), type=AnyEffect)
+
+    assert isinstance(decoded, ItemsMoved)
+    for sent, got in zip(effect.moves, decoded.moves, strict=True):
+        for loc_sent, loc_got in ((sent.src, got.src), (sent.dst, got.dst)):
+            assert type(loc_got) is tuple
+            assert loc_got == loc_sent
+            assert type(loc_got[1]) is type(loc_sent[1])
+
+
+def test_move_is_a_three_element_array_on_the_wire() -> None:
+    move = Move(812, ("backpack", 3), ("equipment", "head"))
+
+    assert msgspec.json.encode(move) == b'[812,["backpack",3],["equipment","head"]]'
+    assert msgspec.json.decode(b'[812,["backpack",3],["equipment","head"]]', type=Move) == move
 
 
 @pytest.mark.parametrize("encoding", ["json", "msgpack"])

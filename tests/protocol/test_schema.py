@@ -20,26 +20,48 @@ from protocol.errors import ErrorCode
 from protocol.messages import (
     CLIENT_MESSAGES,
     SERVER_MESSAGES,
+    CooldownReady,
+    DestroyItem,
     EffectsReply,
     EquipItem,
     ErrorReply,
+    GetStats,
+    GrantItem,
+    GrantItemReply,
+    MergeStacks,
     MoveItem,
     Ping,
     PlayerDelta,
     Pong,
     SessionHello,
     SessionWelcome,
+    SortCompartment,
+    SplitStack,
+    StatsReply,
     UnequipItem,
+    UseItem,
     tag_of,
 )
 from protocol.model import (
+    EFFECT_TYPES,
+    ActiveEffect,
+    ActiveEffectStarted,
+    ChargesChanged,
+    CompartmentResized,
     CooldownStarted,
+    GrantRecorded,
+    HealthChanged,
+    ItemBound,
     ItemCreated,
-    ItemEquipped,
+    ItemDestroyed,
     ItemInstance,
-    ItemMoved,
-    ItemUnequipped,
+    ItemsMoved,
+    Move,
+    PlayerLeveledUp,
     PlayerState,
+    SkillLeveledUp,
+    StackChanged,
+    XpGained,
 )
 from protocol.schema import asyncapi, json_schema, render, server_version
 
@@ -71,7 +93,8 @@ def errors(doc: dict[str, object], schema: object, value: object, at: str = "$")
     assert isinstance(schema, dict), schema
     unknown = set(schema) - _ANNOTATIONS - {
         "$ref", "type", "enum", "anyOf", "oneOf", "properties", "required",
-        "additionalProperties", "items", "minimum", "maximum", "minLength", "maxLength",
+        "additionalProperties", "items", "prefixItems", "minItems", "maxItems", "minimum",
+        "maximum", "minLength", "maxLength",
     }  # fmt: skip
     assert not unknown, f"validator does not know {unknown}"
     found: list[str] = []
@@ -100,9 +123,21 @@ def errors(doc: dict[str, object], schema: object, value: object, at: str = "$")
             found.append(f"{at}: shorter than minLength")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             found.append(f"{at}: longer than maxLength")
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            found += errors(doc, schema["items"], item, f"{at}[{i}]")
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            found.append(f"{at}: fewer than minItems")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            found.append(f"{at}: more than maxItems")
+        prefix = schema.get("prefixItems", [])
+        assert isinstance(prefix, list)
+        for i, (item, item_schema) in enumerate(zip(value, prefix, strict=False)):
+            found += errors(doc, item_schema, item, f"{at}[{i}]")
+        rest = schema.get("items", True)
+        for i, item in enumerate(value[len(prefix) :], start=len(prefix)):
+            if rest is False:
+                found.append(f"{at}[{i}]: no items allowed past prefixItems")
+            elif isinstance(rest, dict):
+                found += errors(doc, rest, item, f"{at}[{i}]")
     if isinstance(value, dict):
         properties = schema.get("properties", {})
         assert isinstance(properties, dict)
@@ -125,19 +160,46 @@ def errors(doc: dict[str, object], schema: object, value: object, at: str = "$")
 STATE = PlayerState(
     player_id=7,
     name="Ada",
-    version=3,
-    items={1: ItemInstance(id=1, template="sword"), 2: ItemInstance(id=2, template="gem", qty=9)},
-    compartments={"backpack": [None, 2, None]},
+    version=42,
+    items={
+        1: ItemInstance(id=1, template="short_sword"),
+        2: ItemInstance(id=2, template="bread", qty=9),
+        3: ItemInstance(id=3, template="training_manual", charges=2, bound=True),
+    },
+    compartments={"backpack": [None, 2, None], "belt": [None], "bank": [3]},
     equipment={"main_hand": 1},
-    cooldowns={"potion": 1200},
+    cooldowns={"healing_potion": 1_700_000_030_000, "equip:main_hand": 1_700_000_001_000},
+    skills={"alchemy": 60},
+    skill_levels={"alchemy": 2},
+    level=1,
+    health=80,
+    active_effects={
+        "elixir_of_might": ActiveEffect(
+            source="elixir_of_might", stats={"strength": 5}, expires_at_ms=1_700_000_060_000
+        )
+    },
+    grants={"order-123:line-1": 40},
 )
 EFFECTS = [
-    ItemCreated(item=ItemInstance(id=2, template="gem"), compartment="backpack", index=1),
-    ItemEquipped(item_id=1, slot="main_hand", compartment="backpack", index=0, displaced=3),
-    ItemUnequipped(item_id=3, slot="head", compartment="backpack", index=2),
-    ItemMoved(item_id=2, from_compartment="backpack", from_index=1, to_compartment="backpack",
-              to_index=5),
-    CooldownStarted(group="potion", ready_at_ms=1200),
+    ItemsMoved(reason="swap", moves=[
+        Move(1, ("backpack", 0), ("equipment", "main_hand")),
+        Move(4, ("equipment", "main_hand"), ("backpack", 0)),
+    ]),
+    ItemCreated(item=ItemInstance(id=5, template="bread", qty=2), dst=("backpack", 2),
+                grant_key="order-123:line-1"),
+    ItemDestroyed(item_id=2, src=("backpack", 1), reason="merged"),
+    StackChanged(item_id=5, qty=11),
+    ChargesChanged(item_id=3, charges=1),
+    ItemBound(item_id=1),
+    CompartmentResized(compartment="lost_and_found", size=40),
+    CooldownStarted(key="item:bread", ready_at_ms=1_700_000_001_000),
+    HealthChanged(health=90),
+    ActiveEffectStarted(effect=ActiveEffect(source="elixir_of_might", stats={"strength": 5},
+                                            expires_at_ms=1_700_000_060_000)),
+    XpGained(skill="alchemy", amount=5, total=65),
+    SkillLeveledUp(skill="alchemy", level=3),
+    PlayerLeveledUp(level=2),
+    GrantRecorded(key="order-123:line-1", version=44),
 ]  # fmt: skip
 MESSAGES: list[msgspec.Struct] = [
     SessionHello(rid=0, token="x" * 4096),
@@ -147,16 +209,34 @@ MESSAGES: list[msgspec.Struct] = [
     UnequipItem(rid=3, slot="head"),
     UnequipItem(rid=3, slot="off_hand", compartment="b" * 32, index=1023),
     MoveItem(rid=4, item_id=1, compartment="backpack", index=0),
+    SplitStack(rid=5, item_id=2, qty=1, compartment="belt", index=0),
+    SplitStack(rid=5, item_id=2, qty=1_000_000, compartment="b", index=1023),
+    MergeStacks(rid=6, item_id=2, into_item_id=5),
+    SortCompartment(rid=7, compartment="backpack"),
+    DestroyItem(rid=8, item_id=2),
+    DestroyItem(rid=8, item_id=2, qty=3),
+    UseItem(rid=9, item_id=3),
+    GetStats(rid=10),
+    GrantItem(rid=11, player_id=7, template="bread", idempotency_key="k" * 8),
+    GrantItem(rid=11, player_id=2**53, template="t" * 64, qty=1_000_000, compartment="bank",
+              idempotency_key="k" * 128),
     SessionWelcome(rid=0, protocol_version=1, server_version="0.1.0", tick_hz=20, tick=5,
-                   player_id=7, version=3, resumed=False, state=STATE),
+                   player_id=7, version=42, resumed=False, state=STATE),
     SessionWelcome(rid=0, protocol_version=1, server_version="0.1.0", tick_hz=20, tick=5,
-                   player_id=7, version=8, resumed=True, effects=EFFECTS),
+                   player_id=7, version=56, resumed=True, effects=EFFECTS),
     Pong(rid=1, tick=99),
-    EffectsReply(rid=2, version=8, effects=EFFECTS),
-    PlayerDelta(seq=8, effects=EFFECTS),
+    EffectsReply(rid=2, version=56, effects=EFFECTS),
+    EffectsReply(rid=2, version=42, effects=[]),
+    StatsReply(rid=10, stats={"strength": 15, "armor": 3}, carried_weight=4200,
+               carry_capacity=35000, encumbrance="normal", movement_speed=100, health=90,
+               level=2, version=56),
+    GrantItemReply(rid=11, player_id=7, version=44, item_ids=[5], replayed=False),
+    GrantItemReply(rid=11, player_id=7, version=44, item_ids=[], replayed=True),
+    PlayerDelta(seq=56, effects=EFFECTS),
+    CooldownReady(seq=56, key="healing_potion", ready_at_ms=1_700_000_030_000),
     ErrorReply(rid=None, code=ErrorCode.BAD_REQUEST, message="bad", details={"reason": "x"}),
-    ErrorReply(rid=5, code=ErrorCode.RATE_LIMITED, message="slow down",
-               details={"retry_after_ms": 250, "nested": [1, {"a": None}], "ok": True}),
+    ErrorReply(rid=5, code=ErrorCode.COOLDOWN_ACTIVE, message="cooldown 'healing_potion'",
+               details={"ready_in_ms": 250, "nested": [1, {"a": None}], "ok": True}),
 ]  # fmt: skip
 
 
@@ -167,9 +247,7 @@ def _wire(msg: msgspec.Struct) -> object:
 
 def test_examples_cover_every_message_and_effect() -> None:
     assert {type(m) for m in MESSAGES} == set(CLIENT_MESSAGES) | set(SERVER_MESSAGES)
-    assert {type(e) for e in EFFECTS} == {
-        ItemCreated, ItemEquipped, ItemUnequipped, ItemMoved, CooldownStarted
-    }  # fmt: skip
+    assert {type(e) for e in EFFECTS} == set(EFFECT_TYPES)
 
 
 @pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
@@ -177,6 +255,16 @@ def test_encoded_message_validates_against_json_schema(msg: msgspec.Struct) -> N
     doc = json_schema()
 
     assert errors(doc, doc, _wire(msg)) == []
+
+
+def _wire_dict(value: msgspec.Struct) -> dict[str, object]:
+    wire = _wire(value)
+    assert isinstance(wire, dict)
+    return wire
+
+
+def _effect_wire(effect: msgspec.Struct) -> dict[str, object]:
+    return _wire_dict(effect)
 
 
 def _mutated(msg: msgspec.Struct, **changes: object) -> object:
@@ -202,15 +290,167 @@ REJECTED = {
         ErrorReply(rid=1, code=ErrorCode.INTERNAL, message="m"), code="oops"
     ),
     "effect_unknown": _mutated(PlayerDelta(seq=1, effects=[]), effects=[{"e": "nope"}]),
+    "split_qty_zero": _mutated(
+        SplitStack(rid=1, item_id=1, qty=1, compartment="belt", index=0), qty=0
+    ),
+    "grant_key_too_short": _mutated(
+        GrantItem(rid=1, player_id=1, template="bread", idempotency_key="k" * 8),
+        idempotency_key="k" * 7,
+    ),
+    "grant_player_zero": _mutated(
+        GrantItem(rid=1, player_id=1, template="bread", idempotency_key="k" * 8), player_id=0
+    ),
+    "destroy_qty_zero": _mutated(DestroyItem(rid=1, item_id=1), qty=0),
+    "get_stats_unknown_field": _mutated(GetStats(rid=1), player_id=2),
+    "loc_with_three_parts": _mutated(
+        PlayerDelta(seq=1, effects=[]),
+        effects=[{**_effect_wire(EFFECTS[1]), "dst": ["backpack", 2, 0]}],
+    ),
+    "loc_index_float": _mutated(
+        PlayerDelta(seq=1, effects=[]),
+        effects=[{**_effect_wire(EFFECTS[1]), "dst": ["backpack", 2.5]}],
+    ),
+    "move_too_short": _mutated(
+        PlayerDelta(seq=1, effects=[]),
+        effects=[{"e": "items_moved", "reason": "move", "moves": [[1, ["backpack", 0]]]}],
+    ),
+    "move_reason_unknown": _mutated(
+        PlayerDelta(seq=1, effects=[]),
+        effects=[{"e": "items_moved", "reason": "teleport", "moves": []}],
+    ),
+    "welcome_state_item_id_zero": _mutated(
+        SessionWelcome(
+            rid=0,
+            protocol_version=1,
+            server_version="0.1.0",
+            tick_hz=20,
+            tick=5,
+            player_id=7,
+            version=42,
+            resumed=False,
+            state=STATE,
+        ),
+        state={**_wire_dict(STATE), "items": {"0": {"id": 0, "template": "x"}}},
+    ),
     "not_an_object": [1, 2],
 }
 
 
-@pytest.mark.parametrize("frame", REJECTED.values(), ids=REJECTED.keys())
-def test_invalid_frame_does_not_validate(frame: object) -> None:
+# Where the message's own definition finds each fault (the top level only says that no
+# branch of ``oneOf`` matched), so a frame refused for some other reason does not pass.
+REJECTED_AT = {
+    "unknown_tag": "$: 0 branches of oneOf",
+    "request_unknown_field": "$: unexpected extra",
+    "rid_negative": "$.rid: -1 < minimum",
+    "rid_too_big": "$.rid: 9007199254740993 > maximum",
+    "rid_bool": "$.rid: expected integer",
+    "token_empty": "$.token: shorter than minLength",
+    "token_too_long": "$.token: longer than maxLength",
+    "slot_unknown": "$.slot: 'tail' not in",
+    "item_id_zero": "$.item_id: 0 < minimum",
+    "index_too_big": "$.index: 0 branches of anyOf",
+    "compartment_too_long": "$.compartment: longer than maxLength",
+    "missing_field": "$: missing compartment",
+    "error_code_unknown": "$.code: 'oops' not in",
+    "effect_unknown": "$.effects[0]: 0 branches of anyOf",
+    "split_qty_zero": "$.qty: 0 < minimum",
+    "grant_key_too_short": "$.idempotency_key: shorter than minLength",
+    "grant_player_zero": "$.player_id: 0 < minimum",
+    "destroy_qty_zero": "$.qty: 0 branches of anyOf",
+    "get_stats_unknown_field": "$: unexpected player_id",
+    "loc_with_three_parts": "$.effects[0]: 0 branches of anyOf",
+    "loc_index_float": "$.effects[0]: 0 branches of anyOf",
+    "move_too_short": "$.effects[0]: 0 branches of anyOf",
+    "move_reason_unknown": "$.effects[0]: 0 branches of anyOf",
+    "welcome_state_item_id_zero": "$.state: 0 branches of anyOf",
+    "not_an_object": "$: 0 branches of oneOf",
+}
+_BY_TAG = {tag_of(cls): cls for cls in CLIENT_MESSAGES + SERVER_MESSAGES}
+
+
+def _own_errors(doc: dict[str, object], frame: object) -> list[str]:
+    """Errors against the definition of the frame's own tag (the whole document if none)."""
+    if isinstance(frame, dict) and frame.get("t") in _BY_TAG:
+        return errors(doc, {"$ref": f"#/$defs/{_BY_TAG[frame['t']].__name__}"}, frame)
+    return errors(doc, doc, frame)
+
+
+def test_every_rejected_frame_says_where() -> None:
+    assert set(REJECTED_AT) == set(REJECTED)
+
+
+@pytest.mark.parametrize(("name", "frame"), REJECTED.items(), ids=REJECTED.keys())
+def test_invalid_frame_does_not_validate(name: str, frame: object) -> None:
     doc = json_schema()
 
     assert errors(doc, doc, frame) != []
+    found = _own_errors(doc, frame)
+    assert any(error.startswith(REJECTED_AT[name]) for error in found), found
+
+
+# Effects with one fault each, checked against the effect's own definition.
+EFFECT_REJECTED: dict[str, tuple[type[msgspec.Struct], dict[str, object], str]] = {
+    "loc_with_three_parts": (
+        ItemCreated, {**_effect_wire(EFFECTS[1]), "dst": ["backpack", 2, 0]},
+        "$.dst: more than maxItems",
+    ),
+    "loc_with_one_part": (
+        ItemCreated, {**_effect_wire(EFFECTS[1]), "dst": ["backpack"]},
+        "$.dst: fewer than minItems",
+    ),
+    "loc_index_float": (
+        ItemDestroyed, {**_effect_wire(EFFECTS[2]), "src": ["backpack", 2.5]},
+        "$.src[1]: 0 branches of anyOf",
+    ),
+    "loc_compartment_not_str": (
+        ItemDestroyed, {**_effect_wire(EFFECTS[2]), "src": [3, 2]},
+        "$.src[0]: expected string",
+    ),
+    "move_too_short": (
+        ItemsMoved, {"e": "items_moved", "reason": "move", "moves": [[1, ["backpack", 0]]]},
+        "$.moves[0]: fewer than minItems",
+    ),
+    "move_item_id_zero": (
+        ItemsMoved,
+        {"e": "items_moved", "reason": "move", "moves": [[0, ["a", 0], ["b", 1]]]},
+        "$.moves[0][0]: 0 < minimum",
+    ),
+    "move_reason_unknown": (
+        ItemsMoved, {"e": "items_moved", "reason": "teleport", "moves": []},
+        "$.reason: 'teleport' not in",
+    ),
+    "destroy_reason_unknown": (
+        ItemDestroyed, {**_effect_wire(EFFECTS[2]), "reason": "stolen"},
+        "$.reason: 'stolen' not in",
+    ),
+    "buff_without_expiry": (
+        ActiveEffectStarted, {"e": "active_effect_started", "effect": {"source": "x", "stats": {}}},
+        "$.effect: missing expires_at_ms",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cls", "wire", "where"), EFFECT_REJECTED.values(), ids=EFFECT_REJECTED.keys()
+)
+def test_invalid_effect_does_not_validate(
+    cls: type[msgspec.Struct], wire: dict[str, object], where: str
+) -> None:
+    doc = json_schema()
+
+    found = errors(doc, {"$ref": f"#/$defs/{cls.__name__}"}, wire)
+
+    assert any(error.startswith(where) for error in found), found
+    # The decoder agrees with the schema: the same JSON is refused there too.
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(msgspec.json.encode(wire), type=cls)
+
+
+@pytest.mark.parametrize("effect", EFFECTS, ids=lambda e: type(e).__name__)
+def test_every_effect_validates_against_its_own_definition(effect: msgspec.Struct) -> None:
+    doc = json_schema()
+
+    assert errors(doc, {"$ref": f"#/$defs/{type(effect).__name__}"}, _wire(effect)) == []
 
 
 def test_reply_accepts_unknown_fields_request_does_not() -> None:

@@ -156,6 +156,58 @@ INVALID_MESSAGES: list[tuple[str, Any, int | None]] = [
         {"t": "inventory.equip_item", "rid": 30, "item_id": 1, "slot": "head", "force": 1},
         30,
     ),
+    (
+        "split of zero",
+        {
+            "t": "inventory.split_stack",
+            "rid": 32,
+            "item_id": 1,
+            "qty": 0,
+            "compartment": "backpack",
+            "index": 0,
+        },
+        32,
+    ),
+    (
+        "idempotency key too short",
+        {
+            "t": "admin.grant_item",
+            "rid": 33,
+            "player_id": 1,
+            "template": "bread",
+            "idempotency_key": "short",
+        },
+        33,
+    ),
+    (
+        "grant without idempotency key",
+        {"t": "admin.grant_item", "rid": 34, "player_id": 1, "template": "bread"},
+        34,
+    ),
+    (
+        "grant to player 0",
+        {
+            "t": "admin.grant_item",
+            "rid": 35,
+            "player_id": 0,
+            "template": "bread",
+            "idempotency_key": "key-00000001",
+        },
+        35,
+    ),
+    (
+        "empty compartment name",
+        {"t": "inventory.sort_compartment", "rid": 36, "compartment": ""},
+        36,
+    ),
+    ("negative destroy", {"t": "inventory.destroy_item", "rid": 37, "item_id": 1, "qty": -1}, 37),
+    ("unknown field on use", {"t": "inventory.use_item", "rid": 38, "item_id": 1, "all": 1}, 38),
+    (
+        "merge into item 0",
+        {"t": "inventory.merge_stacks", "rid": 39, "item_id": 1, "into_item_id": 0},
+        39,
+    ),
+    ("stats of someone else", {"t": "player.get_stats", "rid": 40, "player_id": 2}, 40),
     ("not a map", [1, 2, 3], None),
     ("a bare string", "ping", None),
 ]

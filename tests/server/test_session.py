@@ -21,9 +21,9 @@ from tests.support.http import http_get
 ERROR_KEYS = {"t", "rid", "code", "message", "details"}
 DEADLINE_S = 10.0
 
-# Starter kit order (sim/data/templates.toml): backpack cells 0..7.
+# Starter kit order (sim/data/templates.toml): backpack cells 0..8; the belt holds potions.
 CLOTH_CAP, IRON_HELM, LEATHER_VEST, COPPER_RING = 0, 1, 2, 3
-SHORT_SWORD, BUCKLER, BREAD = 5, 6, 7
+SHORT_SWORD, BUCKLER, BREAD, TRAINING_MANUAL = 5, 6, 7, 8
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -250,7 +250,15 @@ async def test_equip_errors_reach_the_client(url: str) -> None:
         "inventory.equip_item", item_id=cells[SHORT_SWORD], slot="main_hand"
     )
     assert reply["t"] == "effects", reply
-    assert [e["e"] for e in reply["effects"]] == ["item_equipped", "cooldown_started"]
+    sword = cells[SHORT_SWORD]
+    moved, cooldown = reply["effects"]
+    assert moved == {
+        "e": "items_moved",
+        "reason": "equip",
+        "moves": [[sword, ["backpack", SHORT_SWORD], ["equipment", "main_hand"]]],
+    }
+    assert cooldown["e"] == "cooldown_started"
+    assert cooldown["key"] == "equip:main_hand"
     version = reply["version"]
     # Equipping it again is refused because it is already equipped (sim/rules.py edge case).
     details = assert_error(
@@ -266,6 +274,17 @@ async def test_equip_errors_reach_the_client(url: str) -> None:
     )
     assert details["group"] == "equip:main_hand"
     assert 0 < details["retry_after_ms"] <= 1000 + 1000 // welcome["tick_hz"]
+    assert details["ready_in_ms"] == details["retry_after_ms"]
+    assert details["ready_at_ms"] == cooldown["ready_at_ms"]
+
+    # The iron helm needs character level 2; the details say what is missing.
+    details = assert_error(
+        await client.request("inventory.equip_item", rid=5, item_id=cells[IRON_HELM], slot="head"),
+        "requirements_not_met",
+        rid=5,
+    )
+    assert details["missing"] == {"level": {"required": 2, "current": 1}}
+    assert details["template"] == "iron_helm"
 
     # No error changed anything: the next change is exactly one version on.
     reply = await client.request("inventory.equip_item", item_id=cells[CLOTH_CAP], slot="head")
@@ -291,7 +310,7 @@ async def test_equip_into_a_slot_on_cooldown_is_refused(url: str) -> None:
     assert details["group"] == "equip:off_hand"
     assert details["retry_after_ms"] > 0
     # Other slots are not affected by that cooldown.
-    reply = await client.request("inventory.equip_item", item_id=cells[IRON_HELM], slot="head")
+    reply = await client.request("inventory.equip_item", item_id=cells[CLOTH_CAP], slot="head")
     assert reply["t"] == "effects"
     await client.close()
 
@@ -357,7 +376,7 @@ async def test_unequip_and_move_errors_reach_the_client(url: str) -> None:
 
 
 async def test_http_endpoints(app: App, url: str) -> None:
-    client, _ = await hello_client(url, "observer")  # journals the starter kit
+    client, welcome = await hello_client(url, "observer")  # journals the starter kit
     assert (await client.request("ping"))["t"] == "pong"
 
     assert await http_get(app.port, "/healthz") == (200, "ok\n")
@@ -379,7 +398,8 @@ async def test_http_endpoints(app: App, url: str) -> None:
     assert found["gearhall_connections"] == [({}, 1.0)]
     assert ({"tag": "ping"}, 1.0) in found["gearhall_request_duration_seconds_count"]
     assert found["gearhall_journal_batch_rows_count"][0][1] >= 1
-    assert found["gearhall_journal_batch_rows_sum"][0][1] >= 8  # the starter kit
+    # the starter kit: one journal row per effect
+    assert found["gearhall_journal_batch_rows_sum"][0][1] >= welcome["version"]
     (in_use,) = found["gearhall_db_pool_connections_in_use"]
     assert in_use[0] == {}
     assert 0 <= in_use[1] <= app.settings.db_pool_size

@@ -9,13 +9,25 @@ async def test_hello_equip_unequip_both_encodings(url: str) -> None:
         welcome = await c.hello(f"smoke{i}")
         assert welcome["t"] == "session.welcome"
         assert welcome["resumed"] is False
-        item = welcome["state"]["compartments"]["backpack"][0]
+        item = welcome["state"]["compartments"]["backpack"][0]  # the cloth cap
         reply = await c.request("inventory.equip_item", item_id=item, slot="head")
         assert reply["t"] == "effects"
         assert reply["version"] == welcome["version"] + 1
-        assert reply["effects"][0]["e"] == "item_equipped"
+        assert reply["effects"] == [
+            {
+                "e": "items_moved",
+                "reason": "equip",
+                "moves": [[item, ["backpack", 0], ["equipment", "head"]]],
+            }
+        ]
         reply = await c.request("inventory.unequip_item", slot="head")
-        assert reply["effects"][0]["index"] == 0
+        assert reply["effects"] == [
+            {
+                "e": "items_moved",
+                "reason": "unequip",
+                "moves": [[item, ["equipment", "head"], ["backpack", 0]]],
+            }
+        ]
         pong = await c.request("ping")
         assert pong["t"] == "pong"
         await c.close()

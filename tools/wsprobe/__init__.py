@@ -1,7 +1,9 @@
 """wsprobe: the Gearhall debugging and load client.
 
 ``client`` is one protocol connection (either encoding, replies matched by ``rid``, pushes
-kept aside); ``load`` is the multi-process load generator; ``stats`` its mergeable latency
-histogram; ``cli`` the ``wsprobe`` command. This package imports ``protocol``, msgspec,
-websockets and the standard library only.
+kept aside); ``ops`` turns every client request into a command-line operation, built from
+the protocol Structs; ``mirror`` keeps a ``protocol.mirror.Mirror`` of the player from what
+arrives; ``load`` is the multi-process load generator and ``plans`` its workloads; ``stats``
+its mergeable latency histogram; ``cli`` the ``wsprobe`` command. This package imports
+``protocol``, msgspec, websockets, uvloop and the standard library only.
 """

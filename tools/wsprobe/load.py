@@ -23,9 +23,10 @@ figures instead of silently delaying the next sends (coordinated omission). ``se
 latency, from the actual send, is reported beside it: the gap between the two is time the
 generator spent behind its own schedule.
 
-Workloads, one op each: ``ping``; ``equip`` cycles equip ``cloth_cap`` to ``head``, unequip
-``head``, move ``leather_vest`` between two backpack cells (no equip cooldowns are involved,
-so a healthy run has no errors).
+Workloads (``tools/wsprobe/plans.py``): ``ping``; ``equip`` (equip, unequip, move);
+``stack`` (split, sort, merge); ``mixed`` (both, plus a stats read). Each is valid in a
+closed loop for a player with the untouched starter kit, so a healthy run has no errors;
+error replies are counted by code.
 
 Workers run uvloop: the generator shares the machine with the server it measures, so every
 CPU cycle it saves is one the server can use.
@@ -48,12 +49,11 @@ import uvloop
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from protocol.messages import EquipItem, MoveItem, Ping, UnequipItem
-from tools.wsprobe.client import Encoding, FrameCodec, Message, ProbeClient, ProbeError
+from tools.wsprobe.client import Encoding, ProbeClient, ProbeError
+from tools.wsprobe.plans import WORKLOADS, Plan, Workload, make_plan
 from tools.wsprobe.stats import LatencyHistogram, LatencySummary
 
-Workload = Literal["ping", "equip"]
-WORKLOADS: tuple[Workload, ...] = ("ping", "equip")
+__all__ = ["WORKLOADS", "LoadConfig", "LoadError", "LoadReport", "Workload", "run_load"]
 
 _READY_TIMEOUT_S = 300.0
 _START_DELAY_S = 0.3
@@ -162,64 +162,6 @@ class _Head(msgspec.Struct):
     code: str | None = None
 
 
-class _PingPlan:
-    __slots__ = ("_encode",)
-
-    def __init__(self, codec: FrameCodec) -> None:
-        self._encode = codec.encode
-
-    def frame(self, rid: int) -> bytes:
-        return self._encode(Ping(rid=rid))
-
-
-class _EquipPlan:
-    """equip cap -> head, unequip head, move vest to the other cell; repeat."""
-
-    __slots__ = ("_cap", "_cells", "_encode", "_step", "_vest")
-
-    def __init__(self, codec: FrameCodec, welcome: Message) -> None:
-        self._encode = codec.encode
-        state = welcome.get("state")
-        if not isinstance(state, dict):
-            raise ProbeError("welcome carries no state (was the player resumed?)")
-        templates = {
-            int(str(k)): v.get("template")
-            for k, v in _as_dict(state.get("items")).items()
-            if isinstance(v, dict)
-        }
-        backpack = _as_dict(state.get("compartments")).get("backpack")
-        if not isinstance(backpack, list):
-            raise ProbeError("welcome state has no backpack")
-        cells = {item: index for index, item in enumerate(backpack) if item is not None}
-        head = _as_dict(state.get("equipment")).get("head")
-        cap = next((i for i in cells if templates.get(i) == "cloth_cap"), None)
-        vest = next((i for i in cells if templates.get(i) == "leather_vest"), None)
-        free = [index for index, item in enumerate(backpack) if item is None]
-        if head is not None or cap is None or vest is None or not free:
-            raise ProbeError("player does not hold the untouched starter kit")
-        self._cap = cap
-        self._vest = vest
-        other = 10 if 10 in free else free[-1]
-        self._cells = (other, cells[vest])
-        self._step = 0
-
-    def frame(self, rid: int) -> bytes:
-        step = self._step
-        self._step = (step + 1) % 6
-        if step % 3 == 0:
-            return self._encode(EquipItem(rid=rid, item_id=self._cap, slot="head"))
-        if step % 3 == 1:
-            return self._encode(UnequipItem(rid=rid, slot="head"))
-        target = self._cells[0] if step == 2 else self._cells[1]
-        return self._encode(
-            MoveItem(rid=rid, item_id=self._vest, compartment="backpack", index=target)
-        )
-
-
-def _as_dict(value: object) -> dict[object, object]:
-    return value if isinstance(value, dict) else {}
-
-
 @dataclass(slots=True)
 class _Window:
     begin: float
@@ -253,7 +195,7 @@ class _Recorder:
 class _LoadClient:
     ws: ClientConnection
     text: bool
-    plan: _PingPlan | _EquipPlan
+    plan: Plan
     rids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # open loop: rid -> (intended send time, actual send time)
     pending: dict[int, tuple[float, float]] = field(default_factory=dict)
@@ -263,6 +205,7 @@ class _LoadClient:
 
 async def _closed_client(client: _LoadClient, window: _Window, rec: _Recorder) -> None:
     ws, text, plan, rids = client.ws, client.text, client.plan, client.rids
+    observes = plan.observes
     decode = msgspec.json.Decoder(_Head).decode if text else msgspec.msgpack.Decoder(_Head).decode
     clock = time.monotonic
     start, end = window.start, window.end
@@ -274,9 +217,12 @@ async def _closed_client(client: _LoadClient, window: _Window, rec: _Recorder) -
             rid = next(rids)
             await ws.send(plan.frame(rid), text=text)
             while True:  # pushes (no rid) are skipped
-                head = decode(await ws.recv(decode=False))
+                frame = await ws.recv(decode=False)
+                head = decode(frame)
                 if head.rid == rid:
                     break
+            if observes:
+                plan.observe(rid, frame)
             if sent >= start:
                 done = clock()
                 rec.reply(head, done - sent, 0.0)
@@ -286,7 +232,7 @@ async def _closed_client(client: _LoadClient, window: _Window, rec: _Recorder) -
 
 
 async def _open_receiver(client: _LoadClient, window: _Window, rec: _Recorder) -> None:
-    ws, pending = client.ws, client.pending
+    ws, pending, plan = client.ws, client.pending, client.plan
     decode = (
         msgspec.json.Decoder(_Head).decode if client.text else msgspec.msgpack.Decoder(_Head).decode
     )
@@ -295,12 +241,15 @@ async def _open_receiver(client: _LoadClient, window: _Window, rec: _Recorder) -
     try:
         # After the schedule ends (``sending`` False) read until nothing is outstanding.
         while client.sending or pending:
-            head = decode(await ws.recv(decode=False))
+            frame = await ws.recv(decode=False)
+            head = decode(frame)
             if head.rid is None:
                 continue
             times = pending.pop(head.rid, None)
             if times is None:
                 continue
+            if plan.observes:
+                plan.observe(head.rid, frame)
             intended, sent = times
             if intended >= start:
                 done = clock()
@@ -359,11 +308,7 @@ async def _open_client(
         try:
             async with asyncio.timeout(60.0):
                 welcome = await probe.hello(f"dev:bench-{config.run_id}-{index}")
-            plan: _PingPlan | _EquipPlan = (
-                _EquipPlan(probe.codec, welcome)
-                if config.workload == "equip"
-                else _PingPlan(probe.codec)
-            )
+            plan = make_plan(config.workload, probe.codec, welcome)
         except (ProbeError, ConnectionClosed, TimeoutError) as exc:
             reply = getattr(exc, "reply", {})
             rec.error(f"hello_{reply.get('code', 'failed')}")

@@ -1,37 +1,121 @@
-"""Inventory handlers: equip, unequip, move — each a pure rule run by the hub."""
+"""Inventory and item handlers: each runs a pure rule from ``sim.rules`` through the hub
+(decide, apply, journal, reply when durable). Stats and admin grants live here too: they
+read or change the same player state."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from protocol.messages import EffectsReply, EquipItem, MoveItem, Request, UnequipItem
+import asyncpg
+
+from persistence.players import player_name
+from protocol.errors import ForbiddenError, NotFoundError, UnavailableError
+from protocol.messages import (
+    DestroyItem,
+    EffectsReply,
+    EquipItem,
+    GetStats,
+    GrantItem,
+    GrantItemReply,
+    MergeStacks,
+    MoveItem,
+    Request,
+    SortCompartment,
+    SplitStack,
+    StatsReply,
+    UnequipItem,
+    UseItem,
+)
+from protocol.model import ItemCreated
 from server.dispatch import HandlerMap
-from sim import rules
+from sim.rules import RULES
 
 if TYPE_CHECKING:
     from server.session import Session
 
 
-async def _run(session: Session, msg: Request, rule: rules.Rule[Request]) -> EffectsReply:
+async def run_rule(session: Session, msg: Request) -> EffectsReply:
+    """Any player intent: its rule decides, the hub applies and journals, the reply waits
+    until the effects are durable.
+
+    Raises: whatever the intent's rule raises (see ``sim/equipment.py``,
+    ``sim/inventory.py``, ``sim/use.py``); UnavailableError while shutting down.
+    """
     live = session.player
     assert live is not None  # dispatch refuses these before hello
-    version, effects = await session.app.hub.run_intent(live, msg, rule, session)
+    version, effects = await session.app.hub.run_intent(live, msg, RULES[type(msg)], session)
     return EffectsReply(rid=msg.rid, version=version, effects=effects)
 
 
-async def equip_item(session: Session, msg: EquipItem) -> EffectsReply:
-    """Raises: see :func:`sim.rules.equip_item`."""
-    return await _run(session, msg, rules.equip_item)  # type: ignore[arg-type]
+async def get_stats(session: Session, msg: GetStats) -> StatsReply:
+    """Stats as of now; sent once the version they describe is durable."""
+    live = session.player
+    assert live is not None
+    hub = session.app.hub
+    state = live.state
+    stats = hub.stats.get(state, session.app.tick() * hub.tick_ms)
+    version, health, level = state.version, state.health, state.level
+    await hub.wait_durable(live, version)
+    return StatsReply(
+        rid=msg.rid,
+        stats=stats.values,
+        carried_weight=stats.carried_weight,
+        carry_capacity=stats.carry_capacity,
+        encumbrance=stats.encumbrance,
+        movement_speed=stats.movement_speed,
+        health=health,
+        level=level,
+        version=version,
+    )
 
 
-async def unequip_item(session: Session, msg: UnequipItem) -> EffectsReply:
-    """Raises: see :func:`sim.rules.unequip_item`."""
-    return await _run(session, msg, rules.unequip_item)  # type: ignore[arg-type]
+async def grant_item(session: Session, msg: GrantItem) -> GrantItemReply:
+    """Admin/service grant to any player, online or not; idempotent by key.
+
+    Raises:
+        ForbiddenError: the session has no admin role.
+        NotFoundError: no such player or template.
+        plus what ``sim.inventory.grant_item`` raises.
+    """
+    if "admin" not in session.roles:
+        raise ForbiddenError("admin.grant_item needs the admin role")
+    app = session.app
+    try:
+        async with app.pool.acquire() as conn:
+            name = await player_name(conn, msg.player_id)
+        if name is None:
+            raise NotFoundError(f"no player {msg.player_id}", player_id=msg.player_id)
+        target = await app.hub.acquire(msg.player_id, name)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise UnavailableError("player store unavailable", reason=type(exc).__name__) from None
+    app.hub.pin(target)  # not evicted while the grant awaits ids or durability
+    try:
+        # origin None: the reply carries no effects, so every session of the target — the
+        # granting one too, when an admin grants to themself — gets them as a delta.
+        version, effects = await app.hub.run_intent(target, msg, RULES[GrantItem], None)
+        if not effects:  # a replay: answer with the first grant's version
+            version = target.state.grants[msg.idempotency_key]
+            await app.hub.wait_durable(target, version)
+    finally:
+        app.hub.unpin(target)
+    return GrantItemReply(
+        rid=msg.rid,
+        player_id=msg.player_id,
+        version=version,
+        item_ids=[e.item.id for e in effects if isinstance(e, ItemCreated)],
+        replayed=not effects,
+    )
 
 
-async def move_item(session: Session, msg: MoveItem) -> EffectsReply:
-    """Raises: see :func:`sim.rules.move_item`."""
-    return await _run(session, msg, rules.move_item)  # type: ignore[arg-type]
-
-
-HANDLERS: HandlerMap = {EquipItem: equip_item, UnequipItem: unequip_item, MoveItem: move_item}
+HANDLERS: HandlerMap = {
+    EquipItem: run_rule,
+    UnequipItem: run_rule,
+    MoveItem: run_rule,
+    SplitStack: run_rule,
+    MergeStacks: run_rule,
+    SortCompartment: run_rule,
+    DestroyItem: run_rule,
+    UseItem: run_rule,
+    GetStats: get_stats,
+    GrantItem: grant_item,
+}

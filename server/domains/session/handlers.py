@@ -20,20 +20,27 @@ if TYPE_CHECKING:
 _DEV_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def _dev_player_name(token: str, dev_auth: bool) -> str:
-    """The player name a development token stands for.
+_DEV_ROLES = {"dev": frozenset({"player"}), "dev-admin": frozenset({"player", "admin"})}
+
+
+def _dev_identity(token: str, dev_auth: bool) -> tuple[str, frozenset[str]]:
+    """The player name and roles a development token stands for: ``dev:<name>`` is a
+    player, ``dev-admin:<name>`` a player with the admin role.
 
     Raises:
-        UnauthenticatedError: dev auth is off, or the token is not ``dev:<name>``.
+        UnauthenticatedError: dev auth is off, or the token has neither form.
     """
     if not dev_auth:
         raise UnauthenticatedError(
             "no authentication backend accepts this token (dev auth is disabled)"
         )
     prefix, _, name = token.partition(":")
-    if prefix != "dev" or not _DEV_NAME.match(name):
-        raise UnauthenticatedError("dev tokens look like dev:<name> ([A-Za-z0-9_.-], 1-64)")
-    return name
+    roles = _DEV_ROLES.get(prefix)
+    if roles is None or not _DEV_NAME.match(name):
+        raise UnauthenticatedError(
+            "dev tokens look like dev:<name> or dev-admin:<name> ([A-Za-z0-9_.-], 1-64)"
+        )
+    return name, roles
 
 
 async def hello(session: Session, msg: SessionHello) -> SessionWelcome:
@@ -47,7 +54,7 @@ async def hello(session: Session, msg: SessionHello) -> SessionWelcome:
     if session.player is not None:
         raise ConflictError("this connection already said hello")
     app = session.app
-    name = _dev_player_name(msg.token, app.settings.dev_auth)
+    name, roles = _dev_identity(msg.token, app.settings.dev_auth)
     try:
         async with app.pool.acquire() as conn:
             player_id = await get_or_create_player(conn, name)
@@ -57,6 +64,7 @@ async def hello(session: Session, msg: SessionHello) -> SessionWelcome:
     if session.player is not None:  # a second hello raced this one while it awaited
         raise ConflictError("this connection already said hello")
     session.player = live
+    session.roles = roles
     app.hub.attach(live, session)
     if msg.resume is not None:
         effects = await app.hub.effects_since(live, msg.resume)
