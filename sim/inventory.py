@@ -55,7 +55,6 @@ from sim.common import (
     check_can_place,
     check_compartment_weight,
     check_weight_gain,
-    first_free,
     is_carried,
     locate,
     owned,
@@ -261,8 +260,11 @@ def destroy_item(player: PlayerState, intent: DestroyItem, ctx: RuleContext) -> 
 
 
 def _target_compartment(
-    player: PlayerState, ctx: RuleContext, category: str, wanted: str | None
+    player: PlayerState, ctx: RuleContext, category: str, wanted: str | None, stacks: int
 ) -> str:
+    """The compartment a grant goes to: the one asked for, else the first carried one (in
+    catalog order) that takes the category and has a free cell for every stack; if none
+    has room, the backpack (whose InventoryFullError then names it)."""
     if wanted is not None:
         return wanted
     for name, spec in ctx.catalog.compartments.items():
@@ -272,7 +274,7 @@ def _target_compartment(
             and (not spec.accepts or category in spec.accepts)
         ):
             cells, _, usable = usable_cells(player, ctx, name, None)
-            if first_free(cells, usable) is not None:
+            if sum(1 for i in range(usable) if cells[i] is None) >= stacks:
                 return name
     return "backpack"
 
@@ -293,10 +295,6 @@ def grant_item(player: PlayerState, intent: GrantItem, ctx: RuleContext) -> list
     tpl = ctx.catalog.get(intent.template)
     if tpl is None:
         raise NotFoundError(f"no template {intent.template!r}", template=intent.template)
-    name = _target_compartment(player, ctx, tpl.category, intent.compartment)
-    cells, spec, usable = usable_cells(player, ctx, name, None)
-    if not accepts(spec, tpl):
-        raise ConflictError(f"{name!r} only accepts {', '.join(spec.accepts)}", compartment=name)
     stacks = [tpl.max_stack] * (intent.qty // tpl.max_stack)
     if intent.qty % tpl.max_stack:
         stacks.append(intent.qty % tpl.max_stack)
@@ -306,6 +304,10 @@ def grant_item(player: PlayerState, intent: GrantItem, ctx: RuleContext) -> list
             stacks=len(stacks),
             max_stack=tpl.max_stack,
         )
+    name = _target_compartment(player, ctx, tpl.category, intent.compartment, len(stacks))
+    cells, spec, usable = usable_cells(player, ctx, name, None)
+    if not accepts(spec, tpl):
+        raise ConflictError(f"{name!r} only accepts {', '.join(spec.accepts)}", compartment=name)
     free = [i for i in range(usable) if cells[i] is None]
     if len(free) < len(stacks):
         raise InventoryFullError(name)

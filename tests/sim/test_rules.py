@@ -1730,3 +1730,18 @@ def test_stats_cache_follows_effects_and_buff_expiry() -> None:
     assert cache.get(player, ms(SETUP + 1_201)) == compute_stats(player, CATALOG, ms(SETUP + 1_201))
     cache.forget(PLAYER_ID)
     assert cache.get(player, ms(SETUP + 1_201)).values["strength"] == 12
+
+
+def test_grant_without_compartment_goes_where_every_stack_fits() -> None:
+    # Backpack (first in catalog order) keeps 1 free cell; a 2-stack grant skips it for
+    # the satchel, the next carried compartment that takes consumables and has 2 free cells.
+    player = starter()
+    play(player, [grant("potion", 5 * 3, compartment=BP)], 0)
+    cells = player.compartments[BP]
+    assert sum(cell is None for cell in cells) == 1
+    effects = decide(player, grant("potion", 10), 0)
+    created = [e for e in effects if isinstance(e, ItemCreated)]
+    assert [c.dst[0] for c in created] == ["satchel", "satchel"]
+    # One stack still fits the backpack's last cell: first in catalog order wins.
+    effects = decide(player, grant("potion", 5), 0)
+    assert [e.dst for e in effects if isinstance(e, ItemCreated)] == [(BP, 15)]
