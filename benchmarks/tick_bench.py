@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import heapq
 import json
 import random
 import statistics
@@ -214,7 +213,7 @@ async def _run(
             # What PlayerHub.acquire does for a loaded player's running cooldowns.
             for key, ready_at in state.cooldowns.items():
                 if ready_at > now_ms:
-                    heapq.heappush(hub._cooldowns, (ready_at, pid, key))
+                    hub._watch_cooldown(pid, key, ready_at)
             sessions = 2 if rng.random() < second_session else 1
             for _ in range(sessions):
                 session = Session(app, _NullTransport(), codec)  # type: ignore[arg-type]
@@ -251,15 +250,15 @@ async def _run(
                 await asyncio.sleep(0)  # writers send what the last tick queued
                 clock.now += TICK_MS / 1000.0
                 tick[0] += 1
-                heap_before = len(hub._cooldowns)
+                wheel_before = _watched(hub)
                 in_tick[0] = True
                 started, cpu_started = time.perf_counter(), time.thread_time()
                 hub.on_tick(tick[0])
                 durations.append(time.perf_counter() - started)
                 cpu.append(time.thread_time() - cpu_started)
                 in_tick[0] = False
-                # Entries the tick took off the cooldown heap (announced, or superseded).
-                cooldowns_due += heap_before - len(hub._cooldowns)
+                # Entries the tick took off the cooldown wheel (announced, or superseded).
+                cooldowns_due += wheel_before - _watched(hub)
                 snapshots += _complete_snapshots(hub, clock.now)
             durations.sort()
             ms = [d * 1000.0 for d in durations]
@@ -308,6 +307,11 @@ async def _run(
         gc.callbacks.remove(on_gc)
         gc.set_threshold(*saved_threshold)
         gc.unfreeze()
+
+
+def _watched(hub: PlayerHub) -> int:
+    """Cooldowns the hub's timing wheel is watching."""
+    return sum(len(bucket) for bucket in hub._cooldowns.values())
 
 
 def _complete_snapshots(hub: PlayerHub, now: float) -> int:

@@ -10,7 +10,7 @@ import msgspec
 
 from protocol.model import AnyEffect, PlayerState
 from sim.apply import apply
-from sim.state import decode_state, new_player
+from sim.state import decode_state, new_player, share_strings
 
 _effect_decoder = msgspec.msgpack.Decoder(AnyEffect)
 
@@ -76,6 +76,7 @@ async def load_player(conn: asyncpg.Connection, player_id: int, name: str) -> Lo
                 f"to {row['version']}"
             )
         apply(state, _effect_decoder.decode(row["effect"]))
+    share_strings(state)
     return Loaded(state, snapshot_version)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import heapq
 import logging
 import time
 from collections.abc import Callable
@@ -115,7 +114,12 @@ class PlayerHub:
         self._id_next = 0
         self._id_end = 0
         # Running cooldowns of loaded players, soonest first: (ready_at_ms, player_id, key).
-        self._cooldowns: list[tuple[int, int, str]] = []
+        # Running cooldowns of loaded players by the tick they end on (deadlines are tick
+        # aligned): {ready_tick: {(player_id, key): ready_at_ms}}. A timing wheel, O(1) per
+        # cooldown; the same cooldown registered twice (a player evicted and loaded again)
+        # collapses into one entry. ``_cooldowns_done`` is the last tick announced.
+        self._cooldowns: dict[int, dict[tuple[int, str], int]] = {}
+        self._cooldowns_done = tick()
         self.stats = StatsCache(catalog)
         self._loop = asyncio.get_running_loop()  # cached: 3.11's lookup calls getpid()
         self._snapshots_idle = asyncio.Event()
@@ -178,7 +182,7 @@ class PlayerHub:
             now_ms = self._tick() * self.tick_ms
             for key, ready_at in live.state.cooldowns.items():
                 if ready_at > now_ms:
-                    heapq.heappush(self._cooldowns, (ready_at, player_id, key))
+                    self._watch_cooldown(player_id, key, ready_at)
             future.set_result(live)
             return live
         except BaseException as exc:
@@ -244,9 +248,7 @@ class PlayerHub:
                 self._schedule_snapshot(live, time.monotonic() + self.settings.snapshot_interval_s)
             for effect in effects:
                 if isinstance(effect, CooldownStarted):
-                    heapq.heappush(
-                        self._cooldowns, (effect.ready_at_ms, live.player_id, effect.key)
-                    )
+                    self._watch_cooldown(live.player_id, effect.key, effect.ready_at_ms)
             self._release_waiters(live)
             if not done.done():
                 done.set_result(None)
@@ -325,7 +327,8 @@ class PlayerHub:
             for live in pushes.values():
                 self._flush_pushes(live)
         if self._cooldowns:
-            self._announce_ready_cooldowns(tick * self.tick_ms)
+            self._announce_ready_cooldowns(tick)
+        self._cooldowns_done = max(self._cooldowns_done, tick)
         now = time.monotonic()
         due = self._snapshot_due
         while due and due[0][0] <= now:
@@ -363,21 +366,37 @@ class PlayerHub:
         if evicted:
             self.metrics.players_online.set(len(self.players))
 
-    def _announce_ready_cooldowns(self, now_ms: int) -> None:
-        heap = self._cooldowns
-        while heap and heap[0][0] <= now_ms:
-            entry = heapq.heappop(heap)
-            # A player evicted and loaded again has its running cooldowns pushed twice (the
-            # eviction leaves the old entries): equal entries pop in a row, announce one.
-            while heap and heap[0] == entry:
-                heapq.heappop(heap)
-            ready_at, player_id, key = entry
-            live = self.players.get(player_id)
-            # Skip cooldowns restarted since (a later entry announces them) or players gone.
-            if live is None or live.state.cooldowns.get(key) != ready_at:
+    def _watch_cooldown(self, player_id: int, key: str, ready_at_ms: int) -> None:
+        # A deadline in a tick already announced (possible only for a cooldown started
+        # within the current tick) is announced on the next one.
+        ready_tick = max(-(-ready_at_ms // self.tick_ms), self._cooldowns_done + 1)
+        self._cooldowns.setdefault(ready_tick, {})[(player_id, key)] = ready_at_ms
+
+    def _announce_ready_cooldowns(self, tick: int) -> None:
+        """Push ``player.cooldown_ready`` for every cooldown that ended by ``tick`` (ticks
+        skipped by an overrun included)."""
+        wheel = self._cooldowns
+        start = self._cooldowns_done + 1
+        # Normally one tick; after a long stall, visit the buckets rather than every tick.
+        dues = (
+            range(start, tick + 1)
+            if tick - start < len(wheel)
+            else sorted(t for t in wheel if t <= tick)
+        )
+        for due in dues:
+            bucket = wheel.pop(due, None)
+            if not bucket:
                 continue
-            for session in live.sessions:
-                session.send(CooldownReady(seq=live.durable_version, key=key, ready_at_ms=ready_at))
+            for (player_id, key), ready_at in bucket.items():
+                live = self.players.get(player_id)
+                # Skip cooldowns restarted since (their new deadline has its own entry)
+                # and players no longer loaded.
+                if live is None or live.state.cooldowns.get(key) != ready_at:
+                    continue
+                for session in live.sessions:
+                    session.send(
+                        CooldownReady(seq=live.durable_version, key=key, ready_at_ms=ready_at)
+                    )
 
     def pin(self, live: LivePlayer) -> None:
         """Keep ``live`` in memory while a request without a session of its own (an admin
