@@ -65,13 +65,7 @@ async def _database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def _migrate(settings: Settings, show_status: bool) -> int:
-    embedded = None
-    dsn = settings.database_url
-    if not dsn:
-        embedded = await asyncio.to_thread(start_embedded, Path(settings.data_dir))
-        dsn = embedded.dsn()
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with _database(settings) as conn:
         if show_status:
             for st in await status(conn):
                 print(f"{st.state:8} {st.name}")
@@ -79,8 +73,6 @@ async def _migrate(settings: Settings, show_status: bool) -> int:
         applied = await migrate(conn)
         print("\n".join(f"applied  {n}" for n in applied) or "up to date")
         return 0
-    finally:
-        await conn.close()
 
 
 async def _templates_load(settings: Settings, path: Path) -> int:
