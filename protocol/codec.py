@@ -14,7 +14,7 @@ import msgspec
 
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 from protocol.errors import BadRequestError
-from protocol.messages import ClientMessage, Request, ServerMessage
+from protocol.messages import ClientMessage, Request
 from protocol.types import MAX_RID
 
 
@@ -91,9 +91,6 @@ class Codec:
             return None
         # Echo only a rid a valid request could have carried.
         return rid if rid is not None and 0 <= rid <= MAX_RID else None
-
-    def encode_message(self, msg: ServerMessage) -> bytes:
-        return self.encode(msg)
 
 
 CODECS: Final = {name: Codec(name) for name in (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)}

@@ -6,10 +6,7 @@ from typing import Annotated, NewType
 
 import msgspec
 
-PlayerId = NewType("PlayerId", int)
 ItemId = NewType("ItemId", int)
-Tick = NewType("Tick", int)
-Version = NewType("Version", int)
 
 # Request ids are chosen by the client; we only bound them so they fit an int64 everywhere.
 MAX_RID = 2**53
@@ -17,5 +14,4 @@ RequestId = Annotated[int, msgspec.Meta(ge=0, le=MAX_RID)]
 # Item ids on the wire: positive, JavaScript-safe.
 WireItemId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
 CompartmentIndex = Annotated[int, msgspec.Meta(ge=0, le=1023)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]

@@ -234,7 +234,6 @@ class PlayerHub:
         for effect in effects:
             apply(state, effect)
         version = state.version
-        done: asyncio.Future[None] = self._loop.create_future()
 
         def on_durable() -> None:
             live.durable_version = version
@@ -250,8 +249,6 @@ class PlayerHub:
                 if isinstance(effect, CooldownStarted):
                     self._watch_cooldown(live.player_id, effect.key, effect.ready_at_ms)
             self._release_waiters(live)
-            if not done.done():
-                done.set_result(None)
 
         self.journal.append(
             live.player_id,
@@ -260,7 +257,7 @@ class PlayerHub:
             [_effect_encoder.encode(e) for e in effects],
             on_durable,
         )
-        await done
+        await self.wait_durable(live, version)
         return version
 
     async def run_intent(
@@ -289,7 +286,7 @@ class PlayerHub:
     async def wait_durable(self, live: LivePlayer, version: int) -> None:
         if live.durable_version >= version:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         live.waiters.append((version, future))
         await future
 

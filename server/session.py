@@ -33,8 +33,6 @@ log = logging.getLogger("gearhall.session")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_OVERLOADED = 1013
 
 
 class Transport(Protocol):

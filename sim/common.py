@@ -6,8 +6,6 @@ nothing here mutates state.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import msgspec
 
 from protocol.errors import (
@@ -118,15 +116,6 @@ def first_free(cells: list[int | None], usable: int) -> int | None:
         if cells[index] is None:
             return index
     return None
-
-
-def iter_items(player: PlayerState) -> Iterator[tuple[Loc, int]]:
-    for name, cells in player.compartments.items():
-        for index, cell in enumerate(cells):
-            if cell is not None:
-                yield (name, index), cell
-    for slot, occupant in player.equipment.items():
-        yield (EQUIPMENT, slot), occupant
 
 
 # --- checks ------------------------------------------------------------------------------

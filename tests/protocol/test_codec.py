@@ -208,7 +208,7 @@ def test_decode_failure_becomes_an_error_reply_both_encodings_carry(subprotocol:
     reply = ErrorReply(rid=exc.rid, code=exc.code, message=exc.message, details=exc.details)
     decoder = msgspec.msgpack.Decoder if codec.binary else msgspec.json.Decoder
 
-    decoded = decoder(AnyServerMessage).decode(codec.encode_message(reply))
+    decoded = decoder(AnyServerMessage).decode(codec.encode(reply))
 
     assert decoded == reply
     assert isinstance(decoded, ErrorReply)
