@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import collections
 import itertools
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Literal, Self
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.typing import Subprotocol
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.typing import Origin, Subprotocol
 
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 
@@ -83,29 +85,121 @@ class FrameCodec:
         return msg
 
 
+class HandshakeRefused(ProbeError):
+    """The connection could not be opened; the message says why in the user's terms.
+
+    :attr:`status` is the HTTP status of a refused upgrade (None for network and TLS
+    failures) and :attr:`retry_after` the server's ``Retry-After`` header, if any.
+    """
+
+    def __init__(self, message: str, status: int | None = None, retry_after: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+_STATUS_HINTS = {
+    400: "the server refused the upgrade: it speaks none of the offered subprotocols "
+    "({offered}), or the request is not a WebSocket upgrade",
+    401: "the server wants authentication before the upgrade (401): check the token or credentials",
+    403: "the server forbids this connection (403): the Origin {origin} is not allowed, or "
+    "the credentials lack the right",
+    404: "nothing at this path (404): is the URL the game socket?",
+    429: "too many connections or handshakes from this address (429){retry}",
+    503: "the server is not accepting connections (503): it is starting or shutting down",
+}
+
+
+def explain_connect_error(
+    exc: BaseException, url: str, encoding: Encoding, origin: str | None = None
+) -> HandshakeRefused:
+    """A :class:`HandshakeRefused` naming the likely cause of a failed connect."""
+    if isinstance(exc, HandshakeRefused):
+        return exc
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        retry_after = exc.response.headers.get("Retry-After")
+        retry = f"; retry after {retry_after} s" if retry_after else ""
+        hint = _STATUS_HINTS.get(status, "the server refused the upgrade with HTTP {status}")
+        body = (
+            exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""
+        )
+        text = hint.format(
+            status=status,
+            offered=SUBPROTOCOL_BY_ENCODING[encoding],
+            origin=origin or "(none sent)",
+            retry=retry,
+        )
+        if body:
+            text += f"; it said: {body}"
+        return HandshakeRefused(f"{url}: {text}", status, retry_after)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return HandshakeRefused(
+            f"{url}: TLS certificate not trusted ({exc.verify_message}); "
+            "pass --ca FILE with the CA that signed it"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return HandshakeRefused(f"{url}: TLS failed ({exc.reason}); is the server speaking TLS?")
+    if isinstance(exc, InvalidURI):
+        return HandshakeRefused(f"{url}: not a ws:// or wss:// URL")
+    if isinstance(exc, ConnectionRefusedError):
+        return HandshakeRefused(f"{url}: connection refused: is the server running?")
+    if isinstance(exc, TimeoutError):
+        return HandshakeRefused(f"{url}: no handshake within the timeout")
+    if isinstance(exc, InvalidHandshake):
+        return HandshakeRefused(f"{url}: the WebSocket handshake failed: {exc}")
+    return HandshakeRefused(f"{url}: {type(exc).__name__}: {exc}")
+
+
+def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verification on, with ``ca_file``'s CAs added to the system's when given."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
 async def open_connection(
-    url: str, encoding: Encoding, *, open_timeout: float = 10.0
+    url: str,
+    encoding: Encoding,
+    *,
+    open_timeout: float = 10.0,
+    ca_file: str | None = None,
+    origin: str | None = None,
 ) -> ClientConnection:
     """Connect offering exactly one Gearhall subprotocol.
 
+    ``ca_file`` trusts a CA for ``wss://`` (self-signed test servers); ``origin`` sends an
+    ``Origin`` header as a browser would.
+
     Raises:
-        ProbeError: the server accepted the connection without that subprotocol.
-        OSError, websockets.exceptions.InvalidHandshake, TimeoutError: as ``connect`` does.
+        HandshakeRefused: the connection or the upgrade failed; the message explains why.
     """
     wanted = SUBPROTOCOL_BY_ENCODING[encoding]
-    ws = await connect(
-        url,
-        subprotocols=[Subprotocol(wanted)],
-        compression=None,
-        proxy=None,
-        open_timeout=open_timeout,
-        max_size=None,
-        # The probe must never be the slow consumer: read everything the server sends.
-        max_queue=None,
-    )
+    secure = url.startswith("wss://")
+    if ca_file is not None and not secure:
+        raise HandshakeRefused(f"{url}: --ca only applies to wss:// URLs")
+    try:
+        ws = await connect(
+            url,
+            subprotocols=[Subprotocol(wanted)],
+            compression=None,
+            proxy=None,
+            open_timeout=open_timeout,
+            max_size=None,
+            # The probe must never be the slow consumer: read everything the server sends.
+            max_queue=None,
+            origin=Origin(origin) if origin is not None else None,
+            ssl=client_ssl_context(ca_file) if secure else None,
+        )
+    except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+        raise explain_connect_error(exc, url, encoding, origin) from exc
     if ws.subprotocol != wanted:
         await ws.close()
-        raise ProbeError(f"server chose subprotocol {ws.subprotocol!r}, not {wanted!r}")
+        raise HandshakeRefused(
+            f"{url}: the server chose subprotocol {ws.subprotocol!r}, not {wanted!r}: "
+            "not a Gearhall server, or another protocol version"
+        )
     return ws
 
 
@@ -121,10 +215,19 @@ class ProbeClient:
 
     @classmethod
     async def connect(
-        cls, url: str, encoding: Encoding = "json", *, open_timeout: float = 10.0
+        cls,
+        url: str,
+        encoding: Encoding = "json",
+        *,
+        open_timeout: float = 10.0,
+        ca_file: str | None = None,
+        origin: str | None = None,
     ) -> Self:
         """Raises: see :func:`open_connection`."""
-        return cls(await open_connection(url, encoding, open_timeout=open_timeout), encoding)
+        ws = await open_connection(
+            url, encoding, open_timeout=open_timeout, ca_file=ca_file, origin=origin
+        )
+        return cls(ws, encoding)
 
     async def __aenter__(self) -> Self:
         return self
