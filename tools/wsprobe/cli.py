@@ -29,9 +29,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from tools.wsprobe import ops
+from tools.wsprobe import load, ops, repl, script
 from tools.wsprobe.client import Encoding, ErrorReplyError, Message, ProbeClient, ProbeError
-from tools.wsprobe.load import WORKLOADS, LoadConfig, LoadError, render_summary, run_load
 from tools.wsprobe.mirror import MirrorTracker, state_digest, typed_state
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_FAILURE = 0, 1, 2
@@ -182,28 +181,6 @@ def _cmd_ops(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_load(args: argparse.Namespace) -> int:
-    config = LoadConfig(
-        url=args.url,
-        clients=args.clients,
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        workload=args.workload,
-        procs=args.procs,
-        encoding="msgpack" if args.msgpack else "json",
-        rate=args.rate,
-        run_id=args.run_id or time.strftime("%H%M%S"),
-    )
-    try:
-        report = run_load(config)
-    except (LoadError, ValueError) as exc:
-        print(f"wsprobe load: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
-    print(render_summary(report), file=sys.stderr)
-    return EXIT_OK
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -287,17 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds")
     send.set_defaults(func=_cmd_send)
 
-    load = sub.add_parser("load", help="run the load generator")
-    load.add_argument("url", help="ws://host:port/")
-    load.add_argument("--clients", type=_positive_int, required=True)
-    load.add_argument("--duration", type=_positive_float, required=True, help="measured seconds")
-    load.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    load.add_argument("--workload", choices=WORKLOADS, default="ping")
-    load.add_argument("--procs", type=_positive_int, default=1, help="worker processes")
-    load.add_argument("--msgpack", action="store_true", help="use gearhall.v1.msgpack")
-    load.add_argument("--rate", type=_positive_float, help="open loop at this many ops/s in total")
-    load.add_argument("--run-id", help="player names are bench-<run-id>-<i>")
-    load.set_defaults(func=_cmd_load)
+    repl.register(sub)
+    script.register(sub)
+    load.register(sub)
     return parser
 
 

@@ -85,7 +85,7 @@ class FrameCodec:
         return msg
 
 
-class HandshakeRefused(ProbeError):
+class HandshakeRefusedError(ProbeError):
     """The connection could not be opened; the message says why in the user's terms.
 
     :attr:`status` is the HTTP status of a refused upgrade (None for network and TLS
@@ -112,9 +112,9 @@ _STATUS_HINTS = {
 
 def explain_connect_error(
     exc: BaseException, url: str, encoding: Encoding, origin: str | None = None
-) -> HandshakeRefused:
-    """A :class:`HandshakeRefused` naming the likely cause of a failed connect."""
-    if isinstance(exc, HandshakeRefused):
+) -> HandshakeRefusedError:
+    """A :class:`HandshakeRefusedError` naming the likely cause of a failed connect."""
+    if isinstance(exc, HandshakeRefusedError):
         return exc
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
@@ -132,23 +132,25 @@ def explain_connect_error(
         )
         if body:
             text += f"; it said: {body}"
-        return HandshakeRefused(f"{url}: {text}", status, retry_after)
+        return HandshakeRefusedError(f"{url}: {text}", status, retry_after)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return HandshakeRefused(
+        return HandshakeRefusedError(
             f"{url}: TLS certificate not trusted ({exc.verify_message}); "
             "pass --ca FILE with the CA that signed it"
         )
     if isinstance(exc, ssl.SSLError):
-        return HandshakeRefused(f"{url}: TLS failed ({exc.reason}); is the server speaking TLS?")
+        return HandshakeRefusedError(
+            f"{url}: TLS failed ({exc.reason}); is the server speaking TLS?"
+        )
     if isinstance(exc, InvalidURI):
-        return HandshakeRefused(f"{url}: not a ws:// or wss:// URL")
+        return HandshakeRefusedError(f"{url}: not a ws:// or wss:// URL")
     if isinstance(exc, ConnectionRefusedError):
-        return HandshakeRefused(f"{url}: connection refused: is the server running?")
+        return HandshakeRefusedError(f"{url}: connection refused: is the server running?")
     if isinstance(exc, TimeoutError):
-        return HandshakeRefused(f"{url}: no handshake within the timeout")
+        return HandshakeRefusedError(f"{url}: no handshake within the timeout")
     if isinstance(exc, InvalidHandshake):
-        return HandshakeRefused(f"{url}: the WebSocket handshake failed: {exc}")
-    return HandshakeRefused(f"{url}: {type(exc).__name__}: {exc}")
+        return HandshakeRefusedError(f"{url}: the WebSocket handshake failed: {exc}")
+    return HandshakeRefusedError(f"{url}: {type(exc).__name__}: {exc}")
 
 
 def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
@@ -173,12 +175,12 @@ async def open_connection(
     ``Origin`` header as a browser would.
 
     Raises:
-        HandshakeRefused: the connection or the upgrade failed; the message explains why.
+        HandshakeRefusedError: the connection or the upgrade failed; the message explains why.
     """
     wanted = SUBPROTOCOL_BY_ENCODING[encoding]
     secure = url.startswith("wss://")
     if ca_file is not None and not secure:
-        raise HandshakeRefused(f"{url}: --ca only applies to wss:// URLs")
+        raise HandshakeRefusedError(f"{url}: --ca only applies to wss:// URLs")
     try:
         ws = await connect(
             url,
@@ -196,7 +198,7 @@ async def open_connection(
         raise explain_connect_error(exc, url, encoding, origin) from exc
     if ws.subprotocol != wanted:
         await ws.close()
-        raise HandshakeRefused(
+        raise HandshakeRefusedError(
             f"{url}: the server chose subprotocol {ws.subprotocol!r}, not {wanted!r}: "
             "not a Gearhall server, or another protocol version"
         )

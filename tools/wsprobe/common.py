@@ -33,7 +33,7 @@ class ConnectOptions(msgspec.Struct, frozen=True, kw_only=True):
     open_timeout: float = 10.0
 
     async def open(self) -> ProbeClient:
-        """Raises: :class:`tools.wsprobe.client.HandshakeRefused`."""
+        """Raises: :class:`tools.wsprobe.client.HandshakeRefusedError`."""
         return await ProbeClient.connect(
             self.url,
             self.encoding,

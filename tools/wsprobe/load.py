@@ -34,6 +34,7 @@ CPU cycle it saves is one the server can use.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import multiprocessing
@@ -559,3 +560,7 @@ def render_summary(report: LoadReport) -> str:
         f"(per worker: {per_worker})"
     )
     return "\n".join(lines)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``bench`` subcommand (to be written)."""
