@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import socket
+import ssl
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -27,7 +28,7 @@ from server.domains.session.handlers import HANDLERS as SESSION
 from server.hub import PlayerHub
 from server.metrics import Metrics
 from server.session import CLOSE_GOING_AWAY, Session
-from server.transport_ws import start_server
+from server.transport_ws import server_ssl_context, start_server
 from sim.driver import TickDriver
 from sim.templates import DEFAULT_TEMPLATES, Catalog
 
@@ -63,12 +64,16 @@ class App:
         self.embedded: EmbeddedPostgres | None = None
         self.dsn = ""
         self._server: Server | None = None
+        self.tls: ssl.SSLContext | None = None
         self._driver_task: asyncio.Task[None] | None = None
 
     # --- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
+        # Read the certificate first: a bad path fails before anything is started.
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            self.tls = server_ssl_context(s.tls_cert_file, s.tls_key_file)
         if s.database_url:
             self.dsn = s.database_url
         else:
@@ -119,8 +124,9 @@ class App:
         gc.set_threshold(s.gc_gen0_threshold, gen1, gen2)
         mode = "" if s.durability == "durable" else " [WRITE-BEHIND: acks are NOT durable]"
         log.info(
-            "gearhall %s listening on ws://%s:%d (tick %d Hz, database %s)%s",
+            "gearhall %s listening on %s://%s:%d (tick %d Hz, database %s)%s",
             self.version,
+            "ws" if s.tls_cert_file is None else "wss",
             s.host,
             self.port,
             s.tick_hz,

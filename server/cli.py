@@ -32,6 +32,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "log_format": getattr(args, "log_format", None),
         "durability": getattr(args, "durability", None),
         "dev_auth": True if getattr(args, "dev_auth", False) else None,
+        "tls_cert_file": getattr(args, "tls_cert_file", None),
+        "tls_key_file": getattr(args, "tls_key_file", None),
     }
     return load_settings(overrides, config_file=getattr(args, "config", None))
 
@@ -126,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         help="write-behind acknowledges before commit: benchmarking only",
     )
     serve.add_argument("--dev-auth", action="store_true", help="accept dev:<name> tokens")
+    serve.add_argument(
+        "--tls-cert", dest="tls_cert_file", help="PEM certificate chain: serve wss://"
+    )
+    serve.add_argument("--tls-key", dest="tls_key_file", help="PEM private key of --tls-cert")
 
     mig = sub.add_parser("migrate", help="apply pending migrations")
     mig.add_argument("--status", action="store_true", help="list migrations and their state")

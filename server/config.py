@@ -27,6 +27,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A catalog file to store in Postgres and activate at start (for every node). None: run
     # the catalog active in Postgres (the shipped sim/data/templates.toml on first start).
     templates: str | None = None
+    # TLS on the game port (wss:// and https:// for the HTTP endpoints). Both or neither;
+    # usually a load balancer terminates TLS instead and these stay unset.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     # transport limits
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
     outbound_queue_max: Annotated[int, msgspec.Meta(ge=1)] = 1024
@@ -87,9 +91,12 @@ def load_settings(
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         # strict=False lets environment strings ("8080", "1", "true") convert to their types.
-        return msgspec.convert(merged, Settings, strict=False)
+        settings = msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise ConfigError("invalid configuration: tls_cert_file and tls_key_file go together")
+    return settings
 
 
 def render(settings: Settings) -> str:

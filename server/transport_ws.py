@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,17 @@ class WebSocketsTransport:
 
     def abort(self) -> None:
         self._conn.transport.abort()
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """TLS for the game port: the default server context (TLS 1.2+, no compression).
+
+    Raises:
+        OSError, ssl.SSLError: the certificate or key cannot be read or do not match.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
 
 
 async def start_server(app: App) -> Server:
@@ -109,4 +121,5 @@ async def start_server(app: App) -> Server:
         close_timeout=min(5.0, settings.write_timeout_s),
         compression=None,
         server_header=f"gearhall/{app.version}",
+        ssl=app.tls,
     )

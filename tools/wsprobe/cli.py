@@ -1,49 +1,51 @@
-"""``wsprobe``: call any operation on a Gearhall server, watch a player, or put it under load.
+"""``wsprobe``: talk to a Gearhall server the way a game client does.
 
-    wsprobe ops                                            # every operation and its fields
-    wsprobe state ws://127.0.0.1:8765/ --token dev:alice   # the welcome, with the full state
-    wsprobe equip ws://127.0.0.1:8765/ --token dev:alice item_id=@cloth_cap slot=head
-    wsprobe call  ws://127.0.0.1:8765/ --token dev:alice inventory.unequip_item slot=head
-    wsprobe watch ws://127.0.0.1:8765/ --token dev:alice --duration 30
-    wsprobe send  ws://127.0.0.1:8765/ '{"t": "ping"}' --token dev:alice
-    wsprobe load  ws://127.0.0.1:8765/ --clients 100 --duration 10 --workload equip --procs 2
+    wsprobe connect ws://127.0.0.1:8765/ --token dev:alice      # interactive, with completion
+    wsprobe send    ws://127.0.0.1:8765/ ping                   # one request, the reply as JSON
+    wsprobe send    ws://127.0.0.1:8765/ equip item_id=@cloth_cap slot=head --token dev:alice
+    wsprobe watch   ws://127.0.0.1:8765/ --token dev:alice      # pushes as JSON lines
+    wsprobe run     docs/examples/tour.toml --url ws://127.0.0.1:8765/   # a scripted session
+    wsprobe record  ws://127.0.0.1:8765/ --token dev:alice -o session.toml
+    wsprobe bench   ws://127.0.0.1:8765/ --clients 100 --duration 10 --mix equip:50,move:30,ping:20
+    wsprobe ops                                                 # every operation and its fields
+    wsprobe equip   ws://127.0.0.1:8765/ --token dev:alice item_id=@cloth_cap slot=head
 
-Operations (one subcommand each, or ``call`` with a short name or full tag) take
-``field=value`` arguments checked against the protocol's request Structs before anything is
-sent; ``@<template>`` and ``@me`` name the player's items and id (see ``tools/wsprobe/ops``).
-Every command prints what it receives as JSON lines — pushes, then the reply — and exits 1
-if the reply is an error, 2 if the exchange failed. ``--mirror`` keeps a client-side mirror
-of the player (``protocol.mirror``) and prints its version and digest after each change;
-``watch`` does that for everything other sessions do. ``load`` prints its report as JSON on
-stdout and a human summary on stderr.
+Requests are ``TAG field=value ...``: a full tag or a short name (``wsprobe ops``), fields
+checked against the protocol's request Structs before anything is sent; ``@<template>`` and
+``@me`` name the player's items and id (see ``tools/wsprobe/ops``). Every command takes
+``--msgpack``, ``--ca FILE`` (wss://) and ``--origin``; ``--token`` defaults to
+``$WSPROBE_TOKEN``. Exit codes: 0 a success reply, 1 an error reply (or an unmet
+expectation in ``run``), 2 no connection, a refused handshake, a failed session or bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed
 
 from tools.wsprobe import load, ops, repl, script
-from tools.wsprobe.client import Encoding, ErrorReplyError, Message, ProbeClient, ProbeError
+from tools.wsprobe.client import ErrorReplyError, Message, ProbeClient, ProbeError
+from tools.wsprobe.common import (
+    EXIT_ERROR_REPLY,
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_connection_arguments,
+    options_from_args,
+    print_json,
+)
 from tools.wsprobe.mirror import MirrorTracker, state_digest, typed_state
 
-EXIT_OK, EXIT_ERROR_REPLY, EXIT_FAILURE = 0, 1, 2
 
-
-def _print(msg: Message) -> None:
-    # msgpack may carry bytes; msgspec's JSON encoder writes them as base64.
-    sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
-    sys.stdout.flush()
-
-
-def _encoding(args: argparse.Namespace) -> Encoding:
-    return "msgpack" if args.msgpack else "json"
+def _fail(text: str) -> int:
+    print(f"wsprobe: {text}", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def _run(args: argparse.Namespace, work: Callable[[], Awaitable[int]]) -> int:
@@ -51,17 +53,18 @@ def _run(args: argparse.Namespace, work: Callable[[], Awaitable[int]]) -> int:
     try:
         return asyncio.run(_bounded(work(), args.timeout))
     except TimeoutError:
-        print(f"wsprobe: no answer within {args.timeout:g}s", file=sys.stderr)
+        return _fail(f"no answer within {args.timeout:g}s")
     except ErrorReplyError as exc:  # the hello was refused
-        _print(exc.reply)
+        print_json(exc.reply)
         return EXIT_ERROR_REPLY
     except ops.OperationError as exc:
-        print(f"wsprobe: {exc}", file=sys.stderr)
-    except (OSError, InvalidHandshake, InvalidURI, ProbeError) as exc:
-        print(f"wsprobe: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return _fail(str(exc))
+    except ProbeError as exc:  # includes HandshakeRefusedError, whose text explains itself
+        return _fail(str(exc))
     except ConnectionClosed as exc:
-        print(f"wsprobe: connection closed: {exc}", file=sys.stderr)
-    return EXIT_FAILURE
+        return _fail(f"connection closed: {exc}")
+    except OSError as exc:
+        return _fail(f"{type(exc).__name__}: {exc}")
 
 
 async def _bounded(work: Awaitable[int], seconds: float | None) -> int:
@@ -69,36 +72,69 @@ async def _bounded(work: Awaitable[int], seconds: float | None) -> int:
         return await work
 
 
-async def _send(url: str, raw: str, encoding: Encoding, token: str | None, wait: float) -> int:
+def _token(args: argparse.Namespace, *, required: bool) -> str | None:
+    token: str | None = args.token or os.environ.get("WSPROBE_TOKEN") or None
+    if token is None and required:
+        raise ops.OperationError("this command needs --token (or $WSPROBE_TOKEN)")
+    return token
+
+
+async def _open(args: argparse.Namespace, token: str | None) -> tuple[ProbeClient, Message | None]:
+    """Connect, and say hello when there is a token; returns the client and the welcome."""
+    client = await options_from_args(args).open()
+    if token is None:
+        return client, None
     try:
-        msg = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        print(f"wsprobe: the message is not JSON: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    if not isinstance(msg, dict):
-        print("wsprobe: the message must be a JSON object", file=sys.stderr)
-        return EXIT_FAILURE
-    async with await ProbeClient.connect(url, encoding, open_timeout=wait) as client:
-        if token is not None:
-            _print(await client.hello(token))
-        reply = await client.request(msg)
-        while client.pushes:
-            _print(client.pushes.popleft())
-        _print(reply)
+        return client, await client.hello(token)
+    except BaseException:
+        await client.close()
+        raise
+
+
+def _send_message(args: argparse.Namespace, welcome: Message | None) -> Message:
+    """The message ``send`` sends: TAG with validated ``field=value``s, plus ``--json``."""
+    extra: dict[str, object] = {}
+    if args.json is not None:
+        try:
+            decoded = msgspec.json.decode(args.json)
+        except msgspec.DecodeError as exc:
+            raise ops.OperationError(f"--json is not JSON: {exc}") from None
+        if not isinstance(decoded, dict):
+            raise ops.OperationError("--json must be a JSON object (the message's fields)")
+        extra = decoded
+    op = ops.find_message(args.tag)
+    if op is None:
+        return {**ops.loose_request(args.tag, args.fields), **extra}
+    raw = ops.parse_args(op, args.fields)
+    if args.json is not None and not raw:
+        # Only a raw body: send it as given, unvalidated (the way to send what the server
+        # must refuse).
+        return {"t": op.tag, **extra}
+    state = welcome.get("state") if welcome else None
+    player = welcome.get("player_id") if welcome else None
+    resolved = ops.resolve_refs(raw, state if isinstance(state, dict) else None, player)
+    return {"t": op.tag, **ops.build_request(op, resolved), **extra}
+
+
+async def _send(args: argparse.Namespace) -> int:
+    token = _token(args, required=False)
+    client, welcome = await _open(args, token)
+    async with client:
+        reply = await client.request(_send_message(args, welcome))
+        print_json(reply)
         return EXIT_ERROR_REPLY if reply.get("t") == "error" else EXIT_OK
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    return _run(
-        args, lambda: _send(args.url, args.message, _encoding(args), args.token, args.timeout)
-    )
+    return _run(args, lambda: _send(args))
 
 
 async def _call(args: argparse.Namespace, op: ops.Operation, raw: dict[str, str]) -> int:
-    async with await ProbeClient.connect(args.url, _encoding(args)) as client:
-        welcome = await client.hello(args.token)
+    client, welcome = await _open(args, _token(args, required=True))
+    assert welcome is not None
+    async with client:
         if args.welcome:
-            _print(welcome)
+            print_json(welcome)
         tracker = MirrorTracker(welcome) if args.mirror else None
         state = welcome.get("state")
         resolved = ops.resolve_refs(
@@ -107,10 +143,10 @@ async def _call(args: argparse.Namespace, op: ops.Operation, raw: dict[str, str]
         reply = await client.request(ops.build_request(op, resolved))
         # Everything that arrived before the reply came first: show (and mirror) it first.
         for msg in [*client.pushes, reply]:
-            _print(msg)
+            print_json(msg)
             status = tracker.observe(msg) if tracker else None
             if status is not None:
-                _print(status)
+                print_json(status)
         client.pushes.clear()
         return EXIT_ERROR_REPLY if reply.get("t") == "error" else EXIT_OK
 
@@ -120,20 +156,20 @@ def _cmd_call(args: argparse.Namespace) -> int:
         op = ops.find(args.operation)
         raw = ops.parse_args(op, args.fields)
     except ops.OperationError as exc:
-        print(f"wsprobe: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(str(exc))
     return _run(args, lambda: _call(args, op, raw))
 
 
 async def _state(args: argparse.Namespace) -> int:
-    async with await ProbeClient.connect(args.url, _encoding(args)) as client:
-        welcome = await client.hello(args.token)
+    client, welcome = await _open(args, _token(args, required=True))
+    assert welcome is not None
+    async with client:
         if not args.digest:
-            _print(welcome)
+            print_json(welcome)
             return EXIT_OK
         state = typed_state(welcome)
         assert state is not None  # a hello without resume always carries the full state
-        _print({"version": state.version, "digest": state_digest(state)})
+        print_json({"version": state.version, "digest": state_digest(state)})
         return EXIT_OK
 
 
@@ -144,12 +180,14 @@ def _cmd_state(args: argparse.Namespace) -> int:
 async def _watch(args: argparse.Namespace) -> int:
     """Print every push for the player, keeping a mirror; reconnect with ``resume`` when a
     delta does not continue the mirrored version (something was missed)."""
+    token = _token(args, required=True)
+    assert token is not None
     deadline = None if args.duration is None else time.monotonic() + args.duration
-    client = await ProbeClient.connect(args.url, _encoding(args))
+    client, welcome = await _open(args, token)
+    assert welcome is not None
     try:
-        welcome = await client.hello(args.token)
         tracker = MirrorTracker(welcome)
-        _print(tracker.status("session.welcome", 0))
+        print_json(tracker.status("session.welcome", 0))
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -159,15 +197,15 @@ async def _watch(args: argparse.Namespace) -> int:
                     msg = client.pushes.popleft() if client.pushes else await client.receive()
             except TimeoutError:
                 return EXIT_OK
-            _print(msg)
+            print_json(msg)
             status = tracker.observe(msg)
             if status is not None:
-                _print(status)
+                print_json(status)
             if not tracker.in_sync:
                 await client.close()
-                client = await ProbeClient.connect(args.url, _encoding(args))
-                welcome = await client.hello(args.token, resume=tracker.version)
-                _print(tracker.resumed(welcome))
+                client = await options_from_args(args).open()
+                welcome = await client.hello(token, resume=tracker.version)
+                print_json(tracker.resumed(welcome))
     finally:
         await client.close()
 
@@ -196,9 +234,8 @@ def _positive_float(text: str) -> float:
 
 
 def _session_options(parser: argparse.ArgumentParser, *, timeout: float | None = 10.0) -> None:
-    parser.add_argument("url", help="ws://host:port/")
-    parser.add_argument("--token", required=True, help="dev:<name> or dev-admin:<name>")
-    parser.add_argument("--msgpack", action="store_true", help="use gearhall.v1.msgpack")
+    add_connection_arguments(parser)
+    parser.add_argument("--token", help="say session.hello with it first (default $WSPROBE_TOKEN)")
     parser.add_argument("--timeout", type=_positive_float, default=timeout, help="seconds")
 
 
@@ -256,12 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--duration", type=_positive_float, help="seconds (default: forever)")
     watch.set_defaults(func=_cmd_watch)
 
-    send = sub.add_parser("send", help="send one raw JSON message and print what comes back")
-    send.add_argument("url", help="ws://host:port/")
-    send.add_argument("message", help='a JSON object, e.g. \'{"t": "ping"}\' (rid is added)')
-    send.add_argument("--msgpack", action="store_true", help="use gearhall.v1.msgpack")
-    send.add_argument("--token", help="say session.hello with this token first (dev:<name>)")
-    send.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds")
+    send = sub.add_parser(
+        "send",
+        help="send one request and print the reply as JSON",
+        description="Send TAG with its fields and print the reply as one JSON document. "
+        "Exit 0 on a success reply, 1 on an error reply, 2 when the session fails. "
+        "--json BODY adds raw fields (sent unvalidated when it is the only body).",
+    )
+    _session_options(send)
+    send.add_argument("tag", help="a full tag or a short name (see `wsprobe ops`)")
+    send.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="request fields")
+    send.add_argument("--json", metavar="BODY", help="raw fields as a JSON object: '{\"slot\": 1}'")
     send.set_defaults(func=_cmd_send)
 
     repl.register(sub)

@@ -122,6 +122,36 @@ def find(name: str) -> Operation:
     return op
 
 
+_HELLO = _operation(tag_of(SessionHello), SessionHello)
+
+
+def find_message(name: str) -> Operation | None:
+    """Any client message by short name or full tag, ``session.hello`` included (what
+    ``wsprobe send`` may send); None for a tag this wsprobe does not know."""
+    if name == _HELLO.tag:
+        return _HELLO
+    return OPERATIONS.get(name) or _BY_TAG.get(name)
+
+
+def loose_request(tag: str, args: Sequence[str]) -> dict[str, object]:
+    """A request for a tag this wsprobe does not know (a newer server's) from ``key=value``
+    arguments: values are JSON when they parse, text otherwise; nothing is validated.
+
+    Raises:
+        OperationError: an argument is not ``key=value``.
+    """
+    msg: dict[str, object] = {"t": tag}
+    for arg in args:
+        name, eq, text = arg.partition("=")
+        if not eq or not name:
+            raise OperationError(f"{tag} is not a known message: give its fields as key=value")
+        try:
+            msg[name] = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            msg[name] = text
+    return msg
+
+
 def type_name(tp: object) -> str:
     """A short human rendering of a field type: ``int``, ``head|neck|...``, ``str|null``."""
     origin = typing.get_origin(tp)
