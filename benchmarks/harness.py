@@ -37,6 +37,15 @@ BENCH_ENV = {
 }
 
 
+# The request mixes of the socket scenarios (``wsprobe bench --mix``; kinds in
+# ``tools/wsprobe/plans.py``). ``equip`` is equip, unequip and move in equal parts; ``stack``
+# split, merge and sort; ``mixed`` both plus a stats read, one request in seven each.
+PING_MIX = "ping:1"
+EQUIP_MIX = "equip:2,move:1"
+STACK_MIX = "stack:2,sort:1"
+MIXED_MIX = "equip:2,move:1,stack:2,sort:1,stats:1"
+
+
 _SAMPLE = re.compile(r"^(?P<key>[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?) (?P<value>\S+)$")
 
 

@@ -1,11 +1,12 @@
-"""Where the server's CPU goes under the durable equip workload: py-spy against the server.
+"""Where the server's CPU goes under the durable equip mix: py-spy against the server.
 
     python -m benchmarks.profile_server [--clients 100] [--duration 10]
 
-Starts a server (durable, embedded Postgres), puts it under the closed-loop equip workload
-and runs ``py-spy record`` on the server process over the measured window. The raw collapsed
-stacks are saved next to the results; the summary lists the functions with the most samples
-on top of the stack (self time) and on the stack at all (inclusive time).
+Starts a server (durable, embedded Postgres), puts it under the closed-loop equip mix
+(``benchmarks/harness.py``: equip, unequip, move) and runs ``py-spy record`` on the server
+process over the measured window. The raw collapsed stacks are saved next to the results;
+the summary lists the functions with the most samples on top of the stack (self time) and on
+the stack at all (inclusive time).
 
 Only samples of a thread holding the GIL are kept (``--gil``): that is the server's Python
 work plus the native calls it makes without releasing the GIL (socket writes, msgspec,
@@ -37,8 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ServerProcess, WindowSampler
+from benchmarks.harness import EQUIP_MIX, ServerProcess, WindowSampler
+from tools.wsprobe.common import ConnectOptions
 from tools.wsprobe.load import LoadConfig, run_load
+from tools.wsprobe.plans import parse_mix
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 SAMPLE_HZ = 200
@@ -151,13 +154,16 @@ def profile(
             spy["thread"] = thread
 
         config = LoadConfig(
-            url=server.url,
+            connect=ConnectOptions(
+                url=server.url,
+                encoding="msgpack" if encoding == "msgpack" else "json",
+                open_timeout=60.0,
+            ),
             clients=clients,
             duration_s=duration,
             warmup_s=warmup,
-            workload="equip",
+            mix=parse_mix(EQUIP_MIX),
             procs=procs,
-            encoding="msgpack" if encoding == "msgpack" else "json",
             run_id=f"prof{time.strftime('%H%M%S')}",
         )
         report = run_load(config, on_window=start_spy)

@@ -6,17 +6,18 @@
     python -m benchmarks.run_all --profile    # also py-spy the server (benchmarks/profile_server)
     python -m benchmarks.run_all --only model # game model: tick, rules, memory, snapshots
 
-Scenarios: the ping ceiling; the ``equip``, ``stack`` and ``mixed`` workloads
-(``tools/wsprobe/plans.py``) durable and (equip) write-behind; ``tick-10k`` (starter-kit
-players, ``benchmarks/tick_bench.py``) and ``model`` (~60-item players,
-``benchmarks/model_bench.py``).
+Scenarios: the ping ceiling; the ``equip``, ``stack`` and ``mixed`` request mixes
+(``benchmarks/harness.py``; the kinds are in ``tools/wsprobe/plans.py``) durable and (equip)
+write-behind; ``tick-10k`` (starter-kit players, ``benchmarks/tick_bench.py``) and ``model``
+(~60-item players, ``benchmarks/model_bench.py``).
 
 Each server scenario starts its own ``gearhall serve`` (fresh data directory, so a fresh
-embedded Postgres), waits for ``/readyz``, runs the load generator (``tools/wsprobe/load``)
-and samples CPU over the measured window: the server process, every Postgres process, the
-load workers (they report their own) and the whole machine. Everything runs on this one
-machine, so server, Postgres and load generator share its cores: read the CPU columns before
-reading the throughput.
+embedded Postgres), waits for ``/readyz``, runs the load generator of ``wsprobe bench``
+(``tools/wsprobe/load.py``; live progress on stderr when that is a terminal) and samples CPU
+over the measured window: the server process, every Postgres process, the load workers
+(they report their own) and the whole machine. Everything runs on this one machine, so
+server, Postgres and load generator share its cores: read the CPU columns before reading the
+throughput.
 
 Write-behind scenarios acknowledge before the journal commit: their replies are NOT durable.
 They exist to show what durability costs and are labelled so wherever they appear.
@@ -44,8 +45,18 @@ import msgspec
 import psutil
 
 from benchmarks import model_bench, profile_server, tick_bench
-from benchmarks.harness import ROOT, ServerProcess, WindowSampler
-from tools.wsprobe.load import LoadConfig, LoadError, Workload, run_load
+from benchmarks.harness import (
+    EQUIP_MIX,
+    MIXED_MIX,
+    PING_MIX,
+    ROOT,
+    STACK_MIX,
+    ServerProcess,
+    WindowSampler,
+)
+from tools.wsprobe.common import ConnectOptions
+from tools.wsprobe.load import LoadConfig, LoadError, Progress, run_load
+from tools.wsprobe.plans import parse_mix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WRITE_BEHIND_LABEL = "write-behind (NOT durable)"
@@ -55,28 +66,30 @@ WRITE_BEHIND_LABEL = "write-behind (NOT durable)"
 class Scenario:
     name: str
     title: str
-    workload: Workload
+    mix: str
+    """``wsprobe bench --mix``."""
     clients: int
     durability: Literal["durable", "write-behind"]
     rate: float | None = None
 
     @property
     def durability_label(self) -> str:
-        if self.workload == "ping":
+        if self.mix == PING_MIX:
             return "n/a (ping: no journal)"
         return WRITE_BEHIND_LABEL if self.durability == "write-behind" else "durable"
 
 
 SCENARIOS = [
-    Scenario("ping-100", "ping ceiling, closed loop", "ping", 100, "durable"),
-    Scenario("equip-100-durable", "equip, closed loop", "equip", 100, "durable"),
-    Scenario("equip-1000-durable", "equip, closed loop", "equip", 1000, "durable"),
-    Scenario("equip-100-write-behind", "equip, closed loop", "equip", 100, "write-behind"),
-    Scenario("equip-1000-write-behind", "equip, closed loop", "equip", 1000, "write-behind"),
-    Scenario("equip-4k-open-1000-durable", "equip, open loop 4,000 ops/s", "equip", 1000,
+    Scenario("ping-100", "ping ceiling, closed loop", PING_MIX, 100, "durable"),
+    Scenario("equip-100-durable", "equip, closed loop", EQUIP_MIX, 100, "durable"),
+    Scenario("equip-1000-durable", "equip, closed loop", EQUIP_MIX, 1000, "durable"),
+    Scenario("equip-100-write-behind", "equip, closed loop", EQUIP_MIX, 100, "write-behind"),
+    Scenario("equip-1000-write-behind", "equip, closed loop", EQUIP_MIX, 1000,
+             "write-behind"),
+    Scenario("equip-4k-open-1000-durable", "equip, open loop 4,000 ops/s", EQUIP_MIX, 1000,
              "durable", rate=4000.0),
-    Scenario("stack-100-durable", "split/sort/merge, closed loop", "stack", 100, "durable"),
-    Scenario("mixed-100-durable", "equip + stack + stats, closed loop", "mixed", 100,
+    Scenario("stack-100-durable", "split/sort/merge, closed loop", STACK_MIX, 100, "durable"),
+    Scenario("mixed-100-durable", "equip + stack + stats, closed loop", MIXED_MIX, 100,
              "durable"),
 ]  # fmt: skip
 TICK = "tick-10k"
@@ -121,7 +134,7 @@ def run_scenario(
         "name": scenario.name,
         "title": scenario.title,
         "durability": scenario.durability_label,
-        "workload": scenario.workload,
+        "mix": scenario.mix,
         "clients": clients,
         "rate": scenario.rate,
     }
@@ -134,17 +147,22 @@ def run_scenario(
         server.start()
         sampler = WindowSampler(server)
         config = LoadConfig(
-            url=server.url,
+            connect=ConnectOptions(
+                url=server.url,
+                encoding="msgpack" if args.msgpack else "json",
+                open_timeout=60.0,  # 1,000 handshakes at once on a loaded machine
+            ),
             clients=clients,
             duration_s=args.duration,
             warmup_s=args.warmup,
-            workload=scenario.workload,
+            mix=parse_mix(scenario.mix),
             procs=args.procs,
-            encoding="msgpack" if args.msgpack else "json",
             rate=scenario.rate,
             run_id=f"{time.strftime('%H%M%S')}{index}",
         )
-        report = run_load(config, on_window=sampler.schedule)
+        # Live progress only on a terminal: in a log, the summary below says it all.
+        progress = Progress(sys.stderr) if sys.stderr.isatty() else None
+        report = run_load(config, on_window=sampler.schedule, progress=progress)
         entry["load"] = msgspec.to_builtins(report)
         entry["server"] = sampler.result()
         entry["server"]["other_cpu_pct_of_core"] = WindowSampler.other_load(

