@@ -28,7 +28,6 @@ RULES: dict[str, set[str]] = {
         "uvloop",
         "prompt_toolkit",
         "jmespath",
-        "tomli_w",
         "matplotlib",
     },
 }

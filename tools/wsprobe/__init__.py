@@ -1,11 +1,18 @@
-"""wsprobe: the Gearhall debugging and load client.
+"""wsprobe: the Gearhall command-line client.
 
-``client`` is one protocol connection (either encoding, replies matched by ``rid``, pushes
-kept aside); ``ops`` turns every client request into a command-line operation, built from
-the protocol Structs; ``mirror`` keeps a ``protocol.mirror.Mirror`` of the player from what
-arrives; ``load`` is the multi-process load generator and ``plans`` its workloads; ``stats``
-its mergeable latency histogram; ``cli`` the ``wsprobe`` command. This package imports
-``protocol`` of the project's own code (so it works against any Gearhall server), plus its
-declared dependencies: msgspec, websockets, uvloop, prompt_toolkit (``connect``), jmespath
-and tomli_w (``run``/``record``), matplotlib (``bench --plot``, optional).
+- ``client``: one protocol connection (either encoding, TLS, Origin, readable handshake
+  errors); ``common``: what every mode shares (connection options, exit codes, recording);
+- ``ops``: every client request as a command-line operation, built from the protocol
+  Structs; ``mirror``: a ``protocol.mirror.Mirror`` of the player from what arrives;
+- ``cli``: the ``wsprobe`` command, one-shot modes (``send``, ``watch``, ``state``, one
+  subcommand per operation);
+- ``repl``: ``connect`` and ``record``, the interactive client;
+- ``script`` (``script_format``, ``script_match``, ``script_run``, ``script_record``):
+  ``run``, scripted sessions with expectations, and the recorder behind ``record``;
+- ``load`` (``bench_worker``, ``bench_report``, ``plans``, ``stats``, ``plot``): ``bench``,
+  the multi-process load generator, its workloads, histogram and chart.
+
+Of the project's own code this package imports only ``protocol``, so it works against any
+Gearhall server. Its dependencies: msgspec, websockets, uvloop, prompt_toolkit
+(``connect``), jmespath (``run`` captures) and, optionally, matplotlib (``bench --plot``).
 """
