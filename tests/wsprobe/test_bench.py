@@ -15,17 +15,15 @@ import re
 import struct
 from collections.abc import AsyncIterator, Callable
 from fractions import Fraction
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.http11 import Request, Response
 
 from server.app import App
 from server.config import Settings
+from tests.support import standin
 from tests.support.proc import free_port
 from tests.support.wsprobe import Result, run_wsprobe
 from tools.wsprobe.client import ProbeClient
@@ -276,26 +274,17 @@ async def test_a_player_that_cannot_run_the_mix_is_left_out_and_said_why(fast_ur
 
 
 @pytest.fixture
-async def gatekeeper() -> AsyncIterator[tuple[str, list[str | None]]]:
-    """Refuses every upgrade with 403, as an Origin check would; records the Origins."""
-    origins: list[str | None] = []
-
-    def process_request(conn: ServerConnection, request: Request) -> Response | None:
-        origins.append(request.headers.get("Origin"))
-        return conn.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
-
-    async def handler(conn: ServerConnection) -> None:
-        await conn.close()
-
-    async with serve(handler, "127.0.0.1", 0, process_request=process_request) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        yield f"ws://127.0.0.1:{port}/", origins
+async def gatekeeper() -> AsyncIterator[standin.Gatekeeper]:
+    """Refuses every upgrade that sends an Origin with 403, as an Origin check would."""
+    async with standin.gatekeeper() as server:
+        yield server
 
 
 async def test_a_refused_handshake_is_exit_2_with_the_servers_reason(
-    gatekeeper: tuple[str, list[str | None]],
+    gatekeeper: standin.Gatekeeper,
 ) -> None:
-    url, origins = gatekeeper
+    base, origins = gatekeeper
+    url = f"{base}/"
     result = await run_wsprobe(
         "bench", url, "--clients", "2", "--origin", "https://evil.example", "--duration", "1"
     )

@@ -9,18 +9,14 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
-from http import HTTPStatus
 from pathlib import Path
 
 import pytest
 import trustme
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
 
 from server.app import App
 from server.config import Settings
+from tests.support import standin
 from tests.support.proc import ROOT, free_port
 from tests.support.wsprobe import run_wsprobe
 from tools.wsprobe.client import ProbeClient
@@ -218,41 +214,15 @@ ALLOWED_ORIGIN = "https://play.example"
 
 
 @pytest.fixture
-async def gatekeeper() -> AsyncIterator[tuple[str, list[str | None]]]:
-    """A stand-in server refusing upgrades the way an auth layer does: by path, 401/429;
-    by Origin, 403; it speaks only an unrelated subprotocol, so a passing request gets 400.
-    Yields its base URL and the Origin headers it saw."""
-    origins: list[str | None] = []
-
-    def process_request(conn: ServerConnection, request: Request) -> Response | None:
-        origins.append(request.headers.get("Origin"))
-        if request.path == "/auth":
-            return conn.respond(HTTPStatus.UNAUTHORIZED, "token expired\n")
-        if request.path == "/busy":
-            return Response(
-                429, "Too Many Requests", Headers([("Retry-After", "7"), ("Content-Length", "0")])
-            )
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != ALLOWED_ORIGIN:
-            return conn.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
-        return None
-
-    async def handler(conn: ServerConnection) -> None:
-        await conn.close()
-
-    async with serve(
-        handler,
-        "127.0.0.1",
-        0,
-        process_request=process_request,
-        subprotocols=[Subprotocol("chat.v2")],
-    ) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        yield f"ws://127.0.0.1:{port}", origins
+async def gatekeeper() -> AsyncIterator[standin.Gatekeeper]:
+    """Refuses /auth (401), /busy (429) and any Origin but ``ALLOWED_ORIGIN`` (403); lets
+    the rest through to a server that speaks no Gearhall subprotocol (400)."""
+    async with standin.gatekeeper(allowed_origins={ALLOWED_ORIGIN}) as server:
+        yield server
 
 
 async def test_refused_handshakes_are_explained(
-    gatekeeper: tuple[str, list[str | None]],
+    gatekeeper: standin.Gatekeeper,
 ) -> None:
     base, _ = gatekeeper
     unauthorized = await run_wsprobe("send", f"{base}/auth", "ping")
@@ -272,7 +242,7 @@ async def test_refused_handshakes_are_explained(
 
 
 async def test_origin_is_sent_and_a_forbidden_one_is_explained(
-    gatekeeper: tuple[str, list[str | None]],
+    gatekeeper: standin.Gatekeeper,
 ) -> None:
     base, origins = gatekeeper
     forbidden = await run_wsprobe("send", f"{base}/", "ping", "--origin", "https://evil.example")

@@ -34,15 +34,9 @@ from tests.support.proc import ROOT, free_port
 from tests.support.wsprobe import run_wsprobe
 from tools.wsprobe.client import Message, ProbeClient
 from tools.wsprobe.common import ConnectOptions
-from tools.wsprobe.repl import (
-    LineIO,
-    PromptIO,
-    ReplCompleter,
-    TextSink,
-    colour_enabled,
-    render_message,
-    run_repl,
-)
+from tools.wsprobe.repl import LineIO, PromptIO, run_repl
+from tools.wsprobe.repl_input import ReplCompleter
+from tools.wsprobe.repl_render import TextSink, colour_enabled, render_message
 
 DEADLINE_S = 20.0
 PROMPT = "gearhall>"  # the renderer writes the trailing space separately

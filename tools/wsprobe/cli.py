@@ -38,6 +38,7 @@ from tools.wsprobe.common import (
     EXIT_OK,
     add_connection_arguments,
     options_from_args,
+    positive_float,
     print_json,
 )
 from tools.wsprobe.mirror import MirrorTracker, state_digest, typed_state
@@ -219,24 +220,10 @@ def _cmd_ops(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
 def _session_options(parser: argparse.ArgumentParser, *, timeout: float | None = 10.0) -> None:
     add_connection_arguments(parser)
     parser.add_argument("--token", help="say session.hello with it first (default $WSPROBE_TOKEN)")
-    parser.add_argument("--timeout", type=_positive_float, default=timeout, help="seconds")
+    parser.add_argument("--timeout", type=positive_float, default=timeout, help="seconds")
 
 
 def _op_options(parser: argparse.ArgumentParser) -> None:
@@ -290,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser("watch", help="mirror the player and print every push")
     _session_options(watch, timeout=None)
-    watch.add_argument("--duration", type=_positive_float, help="seconds (default: forever)")
+    watch.add_argument("--duration", type=positive_float, help="seconds (default: forever)")
     watch.set_defaults(func=_cmd_watch)
 
     send = sub.add_parser(

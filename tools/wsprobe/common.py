@@ -1,4 +1,5 @@
-"""What every wsprobe mode shares: connection options, exit codes, JSON output, recording.
+"""What every wsprobe mode shares: connection options, exit codes, JSON output, recording,
+argument types.
 
 Every mode that opens a connection takes the same options (:func:`add_connection_arguments`)
 and turns them into one :class:`ConnectOptions`, which can also cross a process boundary
@@ -53,6 +54,22 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, url: bool = Tru
     )
     parser.add_argument("--ca", metavar="FILE", help="trust this CA certificate for wss://")
     parser.add_argument("--origin", help="send this Origin header (as a browser would)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0 (not NaN)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
 
 
 def options_from_args(args: argparse.Namespace, url: str | None = None) -> ConnectOptions:

@@ -233,20 +233,6 @@ def run_load(
 # --- the command -------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -323,16 +309,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common.add_connection_arguments(bench)
-    bench.add_argument("--clients", type=_positive_int, default=10, help="default: 10")
+    bench.add_argument("--clients", type=common.positive_int, default=10, help="default: 10")
     bench.add_argument(
-        "--duration", type=_positive_float, default=10.0, help="measured seconds (default: 10)"
+        "--duration",
+        type=common.positive_float,
+        default=10.0,
+        help="measured seconds (default: 10)",
     )
     bench.add_argument(
         "--warmup", type=_non_negative_float, default=2.0,
         help="unmeasured seconds of load first (default: 2)",
     )  # fmt: skip
     bench.add_argument(
-        "--rate", type=_positive_float, metavar="R",
+        "--rate", type=common.positive_float, metavar="R",
         help="open loop: R ops/s in total on a fixed schedule (default: closed loop)",
     )  # fmt: skip
     bench.add_argument(
@@ -340,7 +329,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"what the clients send, by weight (default: {DEFAULT_MIX})",
     )  # fmt: skip
     bench.add_argument(
-        "--processes", type=_positive_int, metavar="P",
+        "--processes", type=common.positive_int, metavar="P",
         help="worker processes (default: 2, or 1 for one client)",
     )  # fmt: skip
     bench.add_argument(

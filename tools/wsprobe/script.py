@@ -158,13 +158,6 @@ def run_file(
     return asyncio.run(runner.run())
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     mode: Mode = "quiet" if args.quiet else "json" if args.json else "text"
     options = common.options_from_args(args, url=args.url or "")
@@ -201,7 +194,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=common.positive_float,
         default=STEP_TIMEOUT_S,
         metavar="SECONDS",
         help=f"how long a step waits for its reply or push (default {STEP_TIMEOUT_S:g})",

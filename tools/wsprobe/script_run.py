@@ -1,11 +1,11 @@
 """Running a script: one connection per session, each read by its own task, steps in order.
 
-``websockets`` allows one ``recv`` at a time, and a step may wait on one session while
-another session's server pushes pile up, so every session has a reader task from the moment
-it connects: replies settle the future of their ``rid``, pushes go to the session's queue in
-arrival order (so a push that came while a step waited for a reply is still there for a later
-``expect_push``/``wait_push``), and every message goes through a ``MirrorTracker`` so ``@refs``
-resolve against the player's current state.
+A step may wait on one session while another session's server pushes pile up, so every
+session is a ``live.LiveConnection`` from the moment it connects: its reader settles the
+request waiting for each reply, queues pushes in arrival order (so a push that came while a
+step waited for a reply is still there for a later ``expect_push``/``wait_push``) and feeds
+every message to a ``MirrorTracker`` so ``@refs`` resolve against the player's current state.
+A frame no client can read ends the session, as a close does.
 
 Exit codes follow ``common``: 0 every step passed, 1 the first unmet expectation (nothing
 after it runs), 2 the script cannot go on (no connection, a refused hello, a closed session,
@@ -15,24 +15,21 @@ a request the protocol rejects locally, an undefined variable).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Literal
 
 import jmespath
 import jmespath.exceptions
 import msgspec
-from websockets.exceptions import ConnectionClosed
 
 from tools.wsprobe import ops
 from tools.wsprobe.client import Encoding, Message, ProbeClient, ProbeError
 from tools.wsprobe.common import EXIT_ERROR_REPLY, EXIT_FAILURE, EXIT_OK, ConnectOptions
-from tools.wsprobe.mirror import MirrorTracker
+from tools.wsprobe.live import Arrival, LiveConnection, SessionClosedError
 from tools.wsprobe.script_format import Script, SessionSpec, Step, UndefinedVariableError
 from tools.wsprobe.script_format import substitute as substitute_vars
 from tools.wsprobe.script_match import compact, explain, match, short
@@ -52,10 +49,6 @@ class StepFailedError(Exception):
 
 class AbortError(Exception):
     """The script cannot go on (exit 2); the message says why in the user's terms."""
-
-
-class SessionClosedError(Exception):
-    """The session's connection ended; the message says how."""
 
 
 def normalize(msg: Message) -> JSONish:
@@ -87,115 +80,30 @@ def raw_frame(text: str, encoding: Encoding) -> tuple[bytes, object]:
 
 
 class Session:
-    """One named connection of the script, with its reader, push queue and mirror."""
+    """One named connection of the script: a ``LiveConnection`` that keeps its pushes, plus
+    the replies nobody waited for and what ``@refs`` need."""
 
     def __init__(self, spec: SessionSpec, client: ProbeClient) -> None:
         self.name = spec.name
-        self.client = client
-        self.pushes: deque[Message] = deque()
-        self.tracker: MirrorTracker | None = None
-        self.mirror_error: str | None = None
-        self.closed: str | None = None
         self.strays: list[Message] = []
         """Replies nobody waited for (a server answering twice, or with a wrong rid)."""
-        self._pending: dict[object, asyncio.Future[Message]] = {}
-        self._arrived = asyncio.Event()
-        self._reader = asyncio.create_task(self._read(), name=f"wsprobe-run-{spec.name}")
+        self.live = LiveConnection(
+            client, on_message=self._arrived, keep_pushes=True, name=f"wsprobe-run-{spec.name}"
+        )
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                msg = await self.client.receive()
-                self._mirror(msg)
-                if "rid" in msg:
-                    self._settle(msg)
-                else:
-                    self.pushes.append(msg)
-                self._arrived.set()
-        except ConnectionClosed as exc:
-            frame = exc.rcvd
-            how = "" if frame is None else f" (code {frame.code}: {frame.reason or 'no reason'})"
-            self._end("the connection closed" + how)
-        except ProbeError as exc:
-            self._end(f"the server sent what no client can read: {exc}")
-
-    def _end(self, reason: str) -> None:
-        self.closed = reason
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(SessionClosedError(reason))
-        self._pending.clear()
-        self._arrived.set()
-
-    def _mirror(self, msg: Message) -> None:
-        try:
-            if msg.get("t") == "session.welcome" and not msg.get("resumed"):
-                self.tracker = MirrorTracker(msg)
-            elif self.tracker is not None:
-                self.tracker.observe(msg)
-        except ProbeError as exc:
-            self.mirror_error, self.tracker = str(exc), None
-
-    def _settle(self, msg: Message) -> None:
-        rid = msg["rid"]
-        future = self._pending.pop(rid, None) if isinstance(rid, int | str | None) else None
-        if future is None and rid is None and msg.get("t") == "error" and self._pending:
-            # An unreadable frame is answered with rid null: it is the answer to the one
-            # request in flight (a script has at most one per session).
-            future = self._pending.pop(next(iter(self._pending)))
-        if future is None:
-            self.strays.append(msg)
-        elif not future.done():
-            future.set_result(msg)
-
-    async def request(self, msg: Mapping[str, object]) -> Message:
-        """Send ``msg`` with a fresh rid and return its reply (bound the wait with
-        ``asyncio.timeout``).
-
-        Raises:
-            SessionClosedError: the connection ended first.
-        """
-        rid = self.client.next_rid()
-        return await self._exchange(rid, self.client.codec.encode({**msg, "rid": rid}))
+    def _arrived(self, arrival: Arrival) -> None:
+        if arrival.stray:
+            self.strays.append(arrival.msg)
 
     async def send_raw(self, text: str) -> Message:
-        """Send ``text`` as it is (see :func:`raw_frame`) and return the reply.
-
-        Raises: see :meth:`request`.
-        """
-        frame, rid = raw_frame(text, self.client.codec.encoding)
-        return await self._exchange(rid, frame)
-
-    async def _exchange(self, rid: object, frame: bytes) -> Message:
-        if self.closed is not None:
-            raise SessionClosedError(self.closed)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
-        try:
-            await self.client.send_frame(frame)
-            return await future
-        except ConnectionClosed:
-            raise SessionClosedError(self.closed or "the connection closed") from None
-        finally:
-            if self._pending.get(rid) is future:
-                del self._pending[rid]
-
-    async def next_push(self, accept: Callable[[Message], bool]) -> Message:
-        """Take the oldest queued push ``accept`` takes, waiting for one to arrive (bound the
-        wait with ``asyncio.timeout``); the pushes it passes over stay queued, in order.
+        """Send ``text`` as it is (see :func:`raw_frame`) and return the reply (bound the
+        wait with ``asyncio.timeout``).
 
         Raises:
             SessionClosedError: the connection ended first.
         """
-        while True:
-            for index, msg in enumerate(self.pushes):
-                if accept(msg):
-                    del self.pushes[index]
-                    return msg
-            if self.closed is not None:
-                raise SessionClosedError(self.closed)
-            self._arrived.clear()
-            await self._arrived.wait()
+        frame, rid = raw_frame(text, self.live.client.codec.encoding)
+        return await self.live.exchange(rid, frame)
 
     def refs_state(self) -> tuple[dict[str, object], object]:
         """The mirrored state and player id that ``@refs`` resolve against.
@@ -204,23 +112,18 @@ class Session:
             AbortError: there is no mirror (no hello, or it could not be kept).
             StepFailedError: the mirror missed effects (a version gap).
         """
-        if self.tracker is None:
-            why = self.mirror_error or "it said no hello (the session has no token)"
+        tracker, error = self.live.tracker, self.live.mirror_error
+        if tracker is None or error is not None:
+            why = error or "it said no hello (the session has no token)"
             raise AbortError(f"session {self.name} has no mirror of the player: {why}")
-        if not self.tracker.in_sync:
+        if not tracker.in_sync:
             raise StepFailedError(
                 f"session {self.name}: the mirror missed effects (a version gap at "
-                f"v{self.tracker.version}), so @refs cannot be trusted"
+                f"v{tracker.version}), so @refs cannot be trusted"
             )
-        state = msgspec.to_builtins(self.tracker.mirror.state)
-        assert isinstance(state, dict)
-        return state, self.tracker.player_id
-
-    async def close(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-        await self.client.close()
+        state = self.live.state()
+        assert state is not None
+        return state, tracker.player_id
 
 
 # --- what a step prints ----------------------------------------------------------------------
@@ -392,7 +295,7 @@ class Runner:
                     self.output.warning(
                         f"session {session.name}: a reply no step asked for: {short(stray, 500)}"
                     )
-                await session.close()
+                await session.live.close()
         self.output.summary(
             len(self.script.steps), len(self.sessions), time.perf_counter() - started
         )
@@ -474,7 +377,7 @@ class Runner:
             return session
         try:
             async with asyncio.timeout(self.timeout):
-                welcome = await session.request(self._hello(spec))
+                welcome = await session.live.request(self._hello(spec))
         except TimeoutError:
             raise AbortError(f"session {name}: no welcome within {self.timeout:g} s") from None
         if welcome.get("t") != "session.welcome":
@@ -495,16 +398,16 @@ class Runner:
         if step.action == "send":
             wire = self._request(step, session, values["body"])
             sent = f"{step.op.name} {_fields(wire)}".rstrip()
-            return _Received(sent, wire, await session.request(wire), expect)
+            return _Received(sent, wire, await session.live.request(wire), expect)
         if step.action == "raw":
             raw = str(values["raw"])
             return _Received(f"raw {clip(raw, 80)}", raw, await session.send_raw(raw), expect)
         if step.action == "hello":
             hello = self._hello(self.script.sessions[step.session])
-            return _Received("hello", hello, await session.request(hello), expect)
+            return _Received("hello", hello, await session.live.request(hello), expect)
         pattern = {"t": step.target, **(expect if isinstance(expect, dict) else {})}
         if step.action == "expect_push":
-            msg = await session.next_push(lambda _: True)
+            msg = await session.live.next_push(lambda _: True)
             return _Received(f"expect_push {step.target}", None, msg, pattern)
 
         def accept(msg: Message) -> bool:
@@ -516,7 +419,7 @@ class Runner:
                 return False
             return True
 
-        msg = await session.next_push(accept)
+        msg = await session.live.next_push(accept)
         return _Received(f"wait_push {step.target}", None, msg, pattern)
 
     def _timed_out(self, step: Step, session: Session, timeout: float) -> StepFailedError:
@@ -526,7 +429,7 @@ class Runner:
             return StepFailedError(f"no reply to {tag} {within}")
         if step.action == "raw":
             return StepFailedError(f"no reply to the raw message {within}")
-        queued = ", ".join(str(m.get("t")) for m in session.pushes) or "none"
+        queued = ", ".join(str(m.get("t")) for m in session.live.pushes) or "none"
         details = [f"  pushes still queued on {session.name}: {queued}"]
         if step.action == "expect_push":
             return StepFailedError(f"no push at all {within} (expected {step.target})", details)
