@@ -138,7 +138,9 @@ class LatencyHistogram(msgspec.Struct, kw_only=True):
             base = 1.0 - 0.5**half
             step = 0.5 ** (half + 1) / ticks_per_half
             for tick in range(ticks_per_half):
-                fraction = base + tick * step
+                # Rounded so the JSON shows 0.3, not 0.30000000000000004 (12 digits keep
+                # every tick distinct for any sample count a run can reach).
+                fraction = round(base + tick * step, 12)
                 points.append(PercentilePoint(fraction, _ms(self.percentile_us(fraction))))
             half += 1
             # Past 1 - 1/total every further percentile is the maximum: stop there.
