@@ -13,9 +13,9 @@ import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Protocol
 
 import asyncpg
-from websockets.asyncio.server import Server
 
 from persistence.catalog import active_or_store, read_catalog_file, store_catalog
 from persistence.embedded import EmbeddedPostgres, start_embedded
@@ -25,14 +25,39 @@ from server.config import Settings
 from server.dispatch import Dispatcher, merge_handlers
 from server.domains.inventory.handlers import HANDLERS as INVENTORY
 from server.domains.session.handlers import HANDLERS as SESSION
+from server.http import DatabaseProbe
 from server.hub import PlayerHub
 from server.metrics import Metrics
 from server.session import CLOSE_GOING_AWAY, Session
-from server.transport_ws import server_ssl_context, start_server
+from server.transport_ws import server_ssl_context
 from sim.driver import TickDriver
 from sim.templates import DEFAULT_TEMPLATES, Catalog
 
 log = logging.getLogger("gearhall")
+
+
+class Listener(Protocol):
+    """The listening socket of a transport adapter."""
+
+    @property
+    def port(self) -> int: ...
+
+    def stop_accepting(self) -> None:
+        """Refuse new connections; open ones go on."""
+
+    async def close(self) -> None:
+        """Close the socket (and whatever connections are left) and wait until done."""
+
+
+async def start_listener(app: App) -> Listener:
+    """The transport named by ``settings.transport``, listening."""
+    if app.settings.transport == "picows":
+        from server.transport_picows import start_server as start_picows
+
+        return await start_picows(app)
+    from server.transport_ws import start_server as start_websockets
+
+    return await start_websockets(app)
 
 
 def server_version() -> str:
@@ -63,7 +88,7 @@ class App:
         self._idle.set()
         self.embedded: EmbeddedPostgres | None = None
         self.dsn = ""
-        self._server: Server | None = None
+        self._server: Listener | None = None
         self.tls: ssl.SSLContext | None = None
         self._driver_task: asyncio.Task[None] | None = None
 
@@ -113,7 +138,9 @@ class App:
         )
         self.hub.start()
         self.dispatcher = Dispatcher(merge_handlers(SESSION, INVENTORY), m)
-        self._server = await start_server(self)
+        self.db_probe = DatabaseProbe(self)
+        await self.db_probe.start()
+        self._server = await start_listener(self)
         self._driver_task = asyncio.create_task(self.driver.run(), name="tick-driver")
         self._watchdog_task = asyncio.create_task(self._write_watchdog(), name="write-watchdog")
         # Everything allocated so far lives for the whole run: move it out of the collector's
@@ -124,15 +151,18 @@ class App:
         gc.set_threshold(s.gc_gen0_threshold, gen1, gen2)
         mode = "" if s.durability == "durable" else " [WRITE-BEHIND: acks are NOT durable]"
         log.info(
-            "gearhall %s listening on %s://%s:%d (tick %d Hz, database %s)%s",
+            "gearhall %s listening on %s://%s:%d (%s, tick %d Hz, database %s)%s",
             self.version,
             "ws" if s.tls_cert_file is None else "wss",
             s.host,
             self.port,
+            s.transport,
             s.tick_hz,
             "embedded" if self.embedded else "external",
             mode,
         )
+        if s.echo_endpoint:
+            log.warning("TEST ONLY: echo endpoint enabled at /echo (echo_endpoint)")
 
     async def _load_catalog(self, conn: asyncpg.Connection) -> Catalog:
         """The catalog this node runs: the one given to ``App``; else the ``templates``
@@ -172,8 +202,7 @@ class App:
     @property
     def port(self) -> int:
         assert self._server is not None
-        sockets = list(self._server.sockets)
-        return int(sockets[0].getsockname()[1]) if sockets else self.settings.port
+        return self._server.port
 
     async def _write_watchdog(self) -> None:
         """Abort sessions whose current write has been blocked past the write deadline."""
@@ -212,7 +241,7 @@ class App:
         timeout = self.settings.shutdown_timeout_s
         log.info("shutting down: %d connections", len(self.sessions))
         if self._server is not None:
-            self._server.close(close_connections=False)
+            self._server.stop_accepting()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
@@ -227,15 +256,15 @@ class App:
                 return_exceptions=True,
             )
         if self._server is not None:
-            self._server.close()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await self._server.wait_closed()
+                    await self._server.close()
         self.driver.stop()
         if self._driver_task is not None:
             await self._driver_task
         self._watchdog_task.cancel()
         await asyncio.gather(self._watchdog_task, return_exceptions=True)
+        await self.db_probe.stop()
         await self.journal.close()
         await self.hub.stop()
         await self.pool.close()

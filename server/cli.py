@@ -32,6 +32,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "log_format": getattr(args, "log_format", None),
         "durability": getattr(args, "durability", None),
         "dev_auth": True if getattr(args, "dev_auth", False) else None,
+        "transport": getattr(args, "transport", None),
+        "echo_endpoint": True if getattr(args, "echo_endpoint", False) else None,
         "tls_cert_file": getattr(args, "tls_cert_file", None),
         "tls_key_file": getattr(args, "tls_key_file", None),
     }
@@ -131,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--tls-cert", dest="tls_cert_file", help="PEM certificate chain: serve wss://"
     )
+    serve.add_argument("--transport", choices=["websockets", "picows"],
+                       help="WebSocket library (default websockets)")  # fmt: skip
+    serve.add_argument("--echo-endpoint", action="store_true",
+                       help="TEST ONLY: echo at /echo for the Autobahn testsuite")  # fmt: skip
     serve.add_argument("--tls-key", dest="tls_key_file", help="PEM private key of --tls-cert")
 
     mig = sub.add_parser("migrate", help="apply pending migrations")

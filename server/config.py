@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 
 LogFormat = Literal["console", "json"]
+TransportName = Literal["websockets", "picows"]
 Durability = Literal["durable", "write-behind"]
 
 
@@ -27,6 +28,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A catalog file to store in Postgres and activate at start (for every node). None: run
     # the catalog active in Postgres (the shipped sim/data/templates.toml on first start).
     templates: str | None = None
+    # The WebSocket library: websockets (the reference) or picows (Cython; less CPU per
+    # message). Both plug into the same connection core (server/session.py).
+    transport: TransportName = "websockets"
+    # Test only: an echo endpoint at /echo (no subprotocol, the same frame limits) for the
+    # Autobahn|Testsuite fuzzing client (tools/autobahn). Never on in production.
+    echo_endpoint: bool = False
     # TLS on the game port (wss:// and https:// for the HTTP endpoints). Both or neither;
     # usually a load balancer terminates TLS instead and these stay unset.
     tls_cert_file: str | None = None

@@ -1,6 +1,7 @@
 """The connection core: frames in, frames out, independent of the WebSocket library.
 
-A transport adapter (``server/transport_ws.py`` for ``websockets``) feeds received frames
+A transport adapter (``server/transport_ws.py`` for ``websockets``, ``transport_picows.py``
+for picows) feeds received messages
 to :meth:`Session.on_frame` one at a time, in order, and implements :class:`Transport`.
 Everything the server sends goes through :meth:`Session.send`: one bounded queue per
 connection drained by one writer task with a write deadline. A client that stops reading
@@ -33,6 +34,8 @@ log = logging.getLogger("gearhall.session")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+MAX_BATCH = 64
+"""Frames the writer hands to the transport at once."""
 
 
 class Transport(Protocol):
@@ -40,6 +43,9 @@ class Transport(Protocol):
 
     async def send(self, frame: bytes, text: bool) -> None:
         """Send one frame; may wait while the peer's buffers are full."""
+
+    async def send_batch(self, frames: list[bytes], text: bool) -> None:
+        """Send several frames, in order; in one write where the library allows it."""
 
     async def close(self, code: int, reason: str) -> None:
         """Close with a close frame (waits for the handshake, bounded by the adapter)."""
@@ -225,6 +231,17 @@ class Session:
             self.send_started = 0.0
         return True
 
+    async def _write_batch(self, frames: list[bytes]) -> bool:
+        """:meth:`_write` for several frames at once."""
+        self.send_started = time.monotonic()
+        try:
+            await self.transport.send_batch(frames, self._text)
+        except Exception:
+            return False
+        finally:
+            self.send_started = 0.0
+        return True
+
     async def _write_loop(self) -> None:
         queue = self._queue
         while True:
@@ -234,8 +251,17 @@ class Session:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            frame = queue.popleft()
+            if len(queue) == 1:
+                frame = queue.popleft()
+                if len(queue) < self._high_water:
+                    self._writable.set()
+                if not await self._write(frame):
+                    return
+                continue
+            # Several frames ready (a tick's pushes, pipelined replies): one write for up
+            # to MAX_BATCH of them.
+            batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
             if len(queue) < self._high_water:
                 self._writable.set()
-            if not await self._write(frame):
+            if not await self._write_batch(batch):
                 return

@@ -2,8 +2,9 @@
 
 All it knows of the server is :class:`server.session.Session` (frames in, frames out) and
 the HTTP routes in :mod:`server.http`. A second WebSocket library plugs in the same way.
-Subprotocol negotiation is ``websockets``' own: a client offering none of ours (or none at
-all) gets HTTP 400 before the upgrade. Frames over ``max_frame_bytes`` close with 1009.
+What to answer before the upgrade (HTTP endpoints, 404, 503, 400 for no shared subprotocol)
+is decided by :func:`server.handshake.route`, shared with the picows adapter. Messages over
+``max_frame_bytes`` close with 1009.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from http import HTTPStatus
+import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
-from protocol import SUBPROTOCOLS
 from protocol.codec import CODECS
-from server import http
+from server.handshake import Upgrade, offered_subprotocols, route
 from server.session import Session
 
 if TYPE_CHECKING:
@@ -41,6 +43,11 @@ class WebSocketsTransport:
 
     async def send(self, frame: bytes, text: bool) -> None:
         await self._conn.send(frame, text=text)
+
+    async def send_batch(self, frames: list[bytes], text: bool) -> None:
+        # websockets writes each frame on its own; there is no multi-frame send.
+        for frame in frames:
+            await self._conn.send(frame, text=text)
 
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -61,33 +68,72 @@ def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-async def start_server(app: App) -> Server:
+class WebSocketsListener:
+    """The listening socket of the websockets adapter (see :class:`server.app.Listener`)."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    @property
+    def port(self) -> int:
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    def stop_accepting(self) -> None:
+        self._server.close(close_connections=False)
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def _echo(conn: ServerConnection) -> None:
+    """Test only (``echo_endpoint``): send every message back as it came, text or binary."""
+    with contextlib.suppress(ConnectionClosed):
+        async for message in conn:
+            await conn.send(message)
+
+
+async def start_server(app: App) -> WebSocketsListener:
     settings = app.settings
+    # The route process_request chose, for select_subprotocol and the handler to follow;
+    # weak, so a handshake that fails after process_request leaves nothing behind.
+    upgrades: weakref.WeakKeyDictionary[ServerConnection, Upgrade] = weakref.WeakKeyDictionary()
 
     async def process_request(conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        route = http.ROUTES.get(path)
-        if route is not None:
-            status, content_type, body = await route(app)
-            return Response(
-                status.value,
-                status.phrase,
-                Headers(
-                    [
-                        ("Content-Type", content_type),
-                        ("Content-Length", str(len(body))),
-                        ("Cache-Control", "no-store"),
-                    ]
-                ),
-                body,
-            )
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return conn.respond(HTTPStatus.NOT_FOUND, "not found\n")
-        if app.draining:
-            return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
-        return None
+        is_upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        offered = offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))
+        decision = route(app, path, is_upgrade, offered)
+        if isinstance(decision, Upgrade):
+            upgrades[conn] = decision
+            return None
+        return Response(
+            decision.status.value,
+            decision.status.phrase,
+            Headers(
+                [
+                    ("Content-Type", decision.content_type),
+                    ("Content-Length", str(len(decision.body))),
+                    ("Cache-Control", "no-store"),
+                ]
+            ),
+            decision.body,
+        )
+
+    def select_subprotocol(
+        conn: ServerConnection, subprotocols: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        decision = upgrades.get(conn)
+        if decision is None or decision.subprotocol is None:
+            return None
+        return Subprotocol(decision.subprotocol)
 
     async def handler(conn: ServerConnection) -> None:
+        decision = upgrades.pop(conn)
+        if decision.echo:
+            await _echo(conn)
+            return
         codec = CODECS[conn.subprotocol or ""]
         session = Session(app, WebSocketsTransport(conn), codec)
         app.sessions.add(session)
@@ -108,11 +154,11 @@ async def start_server(app: App) -> Server:
             app.metrics.connections.dec()
             await session.finish()
 
-    return await serve(
+    server = await serve(
         handler,
         settings.host,
         settings.port,
-        subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+        select_subprotocol=select_subprotocol,
         process_request=process_request,
         max_size=settings.max_frame_bytes,
         max_queue=32,
@@ -123,3 +169,4 @@ async def start_server(app: App) -> Server:
         server_header=f"gearhall/{app.version}",
         ssl=app.tls,
     )
+    return WebSocketsListener(server)

@@ -2,7 +2,8 @@
 
 - ``pg``: one real Postgres for the run (embedded, started here).
 - ``dsn``: a fresh, empty database for one test.
-- ``app``: a real Gearhall server on 127.0.0.1:0 against that database, dev auth on.
+- ``app``: a real Gearhall server on 127.0.0.1:0 against that database, dev auth on, on the
+  ``transport`` fixture's WebSocket library (tests/server/conftest.py: both).
 - ``url``: its WebSocket URL.
 """
 
@@ -33,13 +34,20 @@ async def dsn(pg: TestCluster) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def make_settings(dsn: str) -> Callable[..., Settings]:
+def transport() -> str:
+    """The WebSocket library of the ``app`` fixture; tests/server runs under both."""
+    return "websockets"
+
+
+@pytest.fixture
+def make_settings(dsn: str, transport: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         base: dict[str, object] = {
             "database_url": dsn,
             "port": 0,
             "dev_auth": True,
             "log_level": "warning",
+            "transport": transport,
         }
         base.update(overrides)
         return load_settings(base, environ={})

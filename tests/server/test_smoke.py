@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from server.app import App
 from tests.support.client import JSON, MSGPACK, Client
 
 
@@ -31,3 +32,11 @@ async def test_hello_equip_unequip_both_encodings(url: str) -> None:
         pong = await c.request("ping")
         assert pong["t"] == "pong"
         await c.close()
+
+
+async def test_the_server_runs_on_the_transport_under_test(app: App, transport: str) -> None:
+    from server.transport_picows import PicowsListener
+    from server.transport_ws import WebSocketsListener
+
+    expected = {"websockets": WebSocketsListener, "picows": PicowsListener}[transport]
+    assert isinstance(app._server, expected)

@@ -1,0 +1,404 @@
+"""The ``picows`` adapter: the same connection core as ``transport_ws``, on a Cython transport.
+
+picows parses frames and handles masking, opcodes, control-frame rules, per-frame size and
+ping/pong in C, and hands each frame to a synchronous callback; it leaves the rest of RFC
+6455 to the application. This module does that part, so the server behaves as it does on
+``websockets``:
+
+- **Messages from frames.** Fragments are joined (a data frame inside a fragmented message,
+  or a continuation outside one, is a protocol error, 1002); reserved bits without an
+  extension are 1002; a message over ``max_frame_bytes`` is 1009; a text message that is
+  not UTF-8 is 1007.
+- **The closing handshake.** A close frame is answered with the same code (an invalid code
+  or a 1-byte payload is 1002, a reason that is not UTF-8 is 1007) and the connection ends.
+- **Order and backpressure.** Frames arrive in a callback, requests must be handled one at a
+  time in order: each connection has an inbox drained by one task that awaits
+  :meth:`Session.wait_writable` before each message, as the ``websockets`` pump does, and
+  stops reading the socket while the inbox holds 32 messages (``websockets``' ``max_queue``).
+- **Writes.** picows writes synchronously into the socket's buffer; while the buffer is over
+  its high-water mark (``pause_writing``) a send waits, so the write watchdog sees a blocked
+  write exactly as with ``websockets``. When several frames are queued for a client, they go
+  out in one ``write`` (:meth:`PicowsTransport.send_batch`).
+- **HTTP on the same port.** The handshake callback is synchronous, so it asks
+  :func:`server.handshake.route` (health, readiness, metrics, 404, 503, 400) like the
+  ``websockets`` adapter does, and answers non-upgrade requests with picows' plain
+  responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from typing import TYPE_CHECKING, cast
+
+from picows import (
+    WSAutoPingStrategy,
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSProtocolError,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from protocol.codec import CODECS
+from server.handshake import HttpAnswer, offered_subprotocols, route
+from server.session import Session
+
+if TYPE_CHECKING:
+    from server.app import App
+
+log = logging.getLogger("gearhall.transport")
+
+INBOX_HIGH = 32
+"""Stop reading a client's socket while this many of its messages wait to be handled."""
+INBOX_LOW = 8
+"""... and read again once no more than this many do."""
+
+_TEXT, _BINARY, _CONT, _CLOSE = (
+    WSMsgType.TEXT,
+    WSMsgType.BINARY,
+    WSMsgType.CONTINUATION,
+    WSMsgType.CLOSE,
+)
+# RFC 6455 7.4: codes an endpoint may send. 1004-1006 and 1015 are reserved, 1012-1014 are
+# IANA-registered since and accepted as websockets accepts them.
+_VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+
+def _close_code_ok(code: int) -> bool:
+    return code in _VALID_CLOSE or 3000 <= code <= 4999
+
+
+def frame_header(opcode: int, size: int) -> bytes:
+    """The header of one unmasked, unfragmented server frame carrying ``size`` bytes."""
+    first = 0x80 | opcode
+    if size < 126:
+        return bytes((first, size))
+    if size < 65536:
+        return bytes((first, 126)) + size.to_bytes(2, "big")
+    return bytes((first, 127)) + size.to_bytes(8, "big")
+
+
+class PicowsTransport:
+    """:class:`server.session.Transport` over one picows connection."""
+
+    __slots__ = ("_paused", "_resumed", "_ws", "close_timeout", "remote")
+
+    def __init__(self, ws: WSTransport, close_timeout: float) -> None:
+        self._ws = ws
+        peer = ws.underlying_transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.close_timeout = close_timeout
+        self._paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+
+    def pause(self) -> None:
+        self._paused = True
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._paused = False
+        self._resumed.set()
+
+    def _check_open(self) -> None:
+        if self._ws.is_disconnected or self._ws.is_close_frame_sent:
+            raise ConnectionError("connection closed")
+
+    async def send(self, frame: bytes, text: bool) -> None:
+        if self._paused:
+            await self._resumed.wait()
+        self._check_open()
+        self._ws.send(_TEXT if text else _BINARY, frame)
+
+    async def send_batch(self, frames: list[bytes], text: bool) -> None:
+        """Several frames in one ``write`` (one syscall instead of one per frame)."""
+        if self._paused:
+            await self._resumed.wait()
+        self._check_open()
+        opcode = 0x1 if text else 0x2
+        parts: list[bytes] = []
+        for frame in frames:
+            parts.append(frame_header(opcode, len(frame)))
+            parts.append(frame)
+        self._ws.underlying_transport.write(b"".join(parts))
+
+    async def close(self, code: int, reason: str) -> None:
+        ws = self._ws
+        if ws.is_disconnected:
+            return
+        if not ws.is_close_frame_sent:
+            ws.send_close(WSCloseCode(code), reason.encode())
+        # The client answers with its close frame (which disconnects, see _on_close) or the
+        # deadline does.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.close_timeout):
+                await ws.wait_disconnected()
+        ws.disconnect()
+
+    def abort(self) -> None:
+        self._ws.disconnect(graceful=False)
+
+
+class _MessageListener(WSListener):
+    """Frames to messages, and the closing handshake (see the module docstring)."""
+
+    def __init__(self, max_message: int) -> None:
+        super().__init__()
+        self._max = max_message
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._fragmented: WSMsgType | None = None
+        self.ws: WSTransport | None = None
+
+    def on_message(self, data: bytes | str, text: bool) -> None:
+        raise NotImplementedError
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is _TEXT or kind is _BINARY or kind is _CONT:
+            if frame.rsv1 or frame.rsv2 or frame.rsv3:
+                raise WSProtocolError(WSCloseCode.PROTOCOL_ERROR, "reserved bits set")
+            if kind is _CONT:
+                if self._fragmented is None:
+                    raise WSProtocolError(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation")
+            elif self._fragmented is not None:
+                raise WSProtocolError(WSCloseCode.PROTOCOL_ERROR, "expected a continuation")
+            if frame.fin and kind is not _CONT:
+                self._whole(kind, frame)
+            else:
+                self._fragment(kind, frame)
+        elif kind is _CLOSE:
+            self._on_close(transport, frame)
+        # PING is answered by picows (enable_auto_pong); a PONG needs nothing.
+
+    def _whole(self, kind: WSMsgType, frame: WSFrame) -> None:
+        if kind is _TEXT:
+            try:
+                text = frame.get_payload_as_utf8_text()
+            except UnicodeDecodeError:
+                raise WSProtocolError(WSCloseCode.INVALID_TEXT, "invalid UTF-8") from None
+            self.on_message(text, True)
+        else:
+            self.on_message(frame.get_payload_as_bytes(), False)
+
+    def _fragment(self, kind: WSMsgType, frame: WSFrame) -> None:
+        if kind is not _CONT:
+            self._fragmented = kind
+        payload = frame.get_payload_as_bytes()
+        self._size += len(payload)
+        if self._size > self._max:
+            raise WSProtocolError(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
+        self._parts.append(payload)
+        if not frame.fin:
+            return
+        data = b"".join(self._parts)
+        text = self._fragmented is _TEXT
+        self._parts, self._size, self._fragmented = [], 0, None
+        if text:
+            try:
+                self.on_message(data.decode(), True)
+            except UnicodeDecodeError:
+                raise WSProtocolError(WSCloseCode.INVALID_TEXT, "invalid UTF-8") from None
+        else:
+            self.on_message(data, False)
+
+    def _on_close(self, transport: WSTransport, frame: WSFrame) -> None:
+        payload = frame.get_payload_as_bytes()
+        code = 1000
+        if len(payload) == 1:
+            code = 1002
+        elif payload:
+            received = int.from_bytes(payload[:2], "big")
+            try:
+                payload[2:].decode()
+            except UnicodeDecodeError:
+                code = 1007
+            else:
+                code = received if _close_code_ok(received) else 1002
+        if not transport.is_close_frame_sent:
+            # picows' enum lists the common codes only; its C signature takes any int.
+            transport.send_close(
+                WSCloseCode(code) if code in _PICOWS_CODES else cast(WSCloseCode, code)
+            )
+        transport.disconnect()
+
+
+_PICOWS_CODES = frozenset(c.value for c in WSCloseCode)
+
+
+class _GameListener(_MessageListener):
+    """One game client: messages go to its :class:`Session`, one at a time, in order."""
+
+    def __init__(self, app: App, subprotocol: str) -> None:
+        super().__init__(app.settings.max_frame_bytes)
+        self._app = app
+        self._subprotocol = subprotocol
+        self._inbox: collections.deque[bytes | str] = collections.deque()
+        self._ready = asyncio.Event()
+        self._reading = True
+        self._gone = False
+        self.transport: PicowsTransport | None = None
+        self.session: Session | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+
+    def on_ws_connected(self, ws: WSTransport) -> None:
+        app = self._app
+        self.ws = ws
+        self.transport = PicowsTransport(ws, min(5.0, app.settings.write_timeout_s))
+        self.session = Session(app, self.transport, CODECS[self._subprotocol])
+        app.sessions.add(self.session)
+        app.metrics.connections.inc()
+        app.metrics.connections_total.inc()
+        self.session.start()
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    def on_message(self, data: bytes | str, text: bool) -> None:
+        inbox = self._inbox
+        inbox.append(data)
+        if len(inbox) == 1:
+            self._ready.set()
+        if len(inbox) >= INBOX_HIGH and self._reading and self.ws is not None:
+            self._reading = False
+            self.ws.underlying_transport.pause_reading()
+
+    async def _pump(self) -> None:
+        session, inbox, ready = self.session, self._inbox, self._ready
+        assert session is not None and self.ws is not None
+        underlying = self.ws.underlying_transport
+        while not self._is_gone():
+            if not inbox:
+                ready.clear()
+                await ready.wait()
+                continue
+            await session.wait_writable()
+            if self._is_gone():  # disconnected while waiting
+                return
+            data = inbox.popleft()
+            if not self._reading and len(inbox) <= INBOX_LOW:
+                self._reading = True
+                underlying.resume_reading()
+            await session.on_frame(data)
+
+    def _is_gone(self) -> bool:
+        return self._gone
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume()
+
+    def on_ws_disconnected(self, ws: WSTransport) -> None:
+        self._gone = True
+        self._ready.set()
+        if self.transport is not None:
+            self.transport.resume()  # a send waiting for the buffer fails on the closed check
+        session = self.session
+        if session is None:
+            return
+        app = self._app
+        app.sessions.discard(session)
+        app.metrics.connections.dec()
+        asyncio.get_running_loop().create_task(self._finish(session))
+
+    async def _finish(self, session: Session) -> None:
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        await session.finish()
+
+
+class _EchoListener(_MessageListener):
+    """Test only (``echo_endpoint``): every message back as it came, for Autobahn."""
+
+    def on_ws_connected(self, ws: WSTransport) -> None:
+        self.ws = ws
+
+    def on_message(self, data: bytes | str, text: bool) -> None:
+        assert self.ws is not None
+        self.ws.send(_TEXT if text else _BINARY, data.encode() if isinstance(data, str) else data)
+
+
+class PicowsListener:
+    """The listening socket of the picows adapter (see :class:`server.app.Listener`)."""
+
+    def __init__(self, server: asyncio.Server) -> None:
+        self._server = server
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def stop_accepting(self) -> None:
+        self._server.close()
+
+    async def close(self) -> None:
+        self._server.close()
+        # Python 3.12+ waits here for every connection; 3.11 returns at once. Sessions are
+        # closed by the app before this.
+        await self._server.wait_closed()
+
+
+async def start_server(app: App) -> PicowsListener:
+    settings = app.settings
+    server_header = f"gearhall/{app.version}"
+
+    def answer(decision: HttpAnswer) -> WSUpgradeResponseWithListener:
+        status = decision.status
+        headers = {
+            "Content-Type": decision.content_type,
+            "Cache-Control": "no-store",
+            "Server": server_header,
+        }
+        if status >= 400:
+            response = WSUpgradeResponse.create_error_response(status, decision.body, headers)
+        else:
+            response = WSUpgradeResponse.create_ok_response(decision.body, headers)
+            response.status = status
+        return WSUpgradeResponseWithListener(response, None)
+
+    def listener_factory(request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
+        path = request.path.decode("latin-1").split("?", 1)[0]
+        headers = request.headers
+        is_upgrade = headers.get("Upgrade", "").lower() == "websocket"
+        offered = offered_subprotocols(headers.getall("Sec-WebSocket-Protocol", []))
+        decision = route(app, path, is_upgrade, offered)
+        if isinstance(decision, HttpAnswer):
+            return answer(decision)
+        extra = {"Server": server_header}
+        if decision.echo:
+            listener: _MessageListener = _EchoListener(settings.max_frame_bytes)
+        else:
+            assert decision.subprotocol is not None
+            extra["Sec-WebSocket-Protocol"] = decision.subprotocol
+            listener = _GameListener(app, decision.subprotocol)
+        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), listener)
+
+    server = await ws_create_server(
+        listener_factory,
+        settings.host,
+        settings.port,
+        max_frame_size=settings.max_frame_bytes,
+        enable_auto_ping=True,
+        auto_ping_idle_timeout=settings.ping_interval_s,
+        auto_ping_reply_timeout=settings.ping_timeout_s,
+        auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY,
+        enable_auto_pong=True,
+        websocket_handshake_timeout=10.0,
+        logger_name="gearhall.picows",
+        ssl=app.tls,
+        use_aiofastnet=False,
+    )
+    return PicowsListener(server)
