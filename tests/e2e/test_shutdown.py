@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     wait_backends_gone,
 )
 from tests.support.client import JSON, Client
+from tests.support.transports import TRANSPORTS
 
 SHUTDOWN_TIMEOUT_S = 10.0
 ACKS_BEFORE_STOP = 5  # every player is mid-loop when the stop comes
@@ -81,16 +82,18 @@ async def _check_graceful(dsn: str, players: list[Player]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(
     "snapshot_interval_s", [30.0, 0.05], ids=["rare-checkpoints", "busy-checkpoints"]
 )
 async def test_sigterm_drains_and_everything_acknowledged_is_durable(
-    spawn: Spawn, dsn: str, snapshot_interval_s: float
+    spawn: Spawn, dsn: str, snapshot_interval_s: float, transport: str
 ) -> None:
     seed = random.SystemRandom().randrange(2**32)
     print(f"shutdown test seed {seed}")
     players = make_players([f"term{i}" for i in range(8)], seed)
     server = await spawn(
+        GEARHALL_TRANSPORT=transport,
         GEARHALL_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S),
         # busy: background snapshots are usually in flight when the stop comes
         GEARHALL_SNAPSHOT_INTERVAL_S=str(snapshot_interval_s),
@@ -115,7 +118,7 @@ async def test_sigterm_drains_and_everything_acknowledged_is_durable(
     assert await probes[0], "a new connection was accepted while the server drained"
     await _check_graceful(dsn, players)
 
-    server = await spawn()
+    server = await spawn(GEARHALL_TRANSPORT=transport)
     phase = Phase()
     await run_all([p.run(server.url, phase, max_acks=0) for p in players])  # welcome == model
     assert phase.welcomed == len(players)
@@ -123,6 +126,7 @@ async def test_sigterm_drains_and_everything_acknowledged_is_durable(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transport", TRANSPORTS)  # overrides the conftest fixture
 async def test_app_stop_in_process_drains_and_everything_acknowledged_is_durable(
     make_settings: Callable[..., Settings], dsn: str
 ) -> None:

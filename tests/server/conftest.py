@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-TRANSPORTS = ["websockets", "picows"]
+from tests.support.transports import TRANSPORTS
 
 
 @pytest.fixture(params=TRANSPORTS)
