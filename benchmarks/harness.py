@@ -65,6 +65,8 @@ class ServerProcess:
     data_dir: Path
     durability: str
     tick_hz: int = 20
+    transport: str = "websockets"
+    """``gearhall serve --transport``: websockets or picows."""
     port: int = field(default_factory=free_port)
     command: list[str] = field(default_factory=lambda: [str(GEARHALL)])
     """How to run ``gearhall`` (an experiment may wrap it, e.g. to tune the interpreter)."""
@@ -97,6 +99,8 @@ class ServerProcess:
             self.durability,
             "--tick-hz",
             str(self.tick_hz),
+            "--transport",
+            self.transport,
             "--dev-auth",
             "--log-level",
             "warning",

@@ -60,6 +60,8 @@ INBOX_HIGH = 32
 """Stop reading a client's socket while this many of its messages wait to be handled."""
 INBOX_LOW = 8
 """... and read again once no more than this many do."""
+READ_BUFFER_BYTES = 2048
+"""Initial read buffer per connection."""
 
 _TEXT, _BINARY, _CONT, _CLOSE = (
     WSMsgType.TEXT,
@@ -397,6 +399,9 @@ async def start_server(app: App) -> PicowsListener:
         auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY,
         enable_auto_pong=True,
         websocket_handshake_timeout=10.0,
+        # picows' default is 16 KiB per connection, allocated up front; game messages are
+        # small and the buffer grows when one is not (benchmarks/idle_bench.py).
+        read_buffer_init_size=READ_BUFFER_BYTES,
         logger_name="gearhall.picows",
         ssl=app.tls,
         use_aiofastnet=False,
