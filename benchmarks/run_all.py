@@ -71,6 +71,8 @@ class Scenario:
     clients: int
     durability: Literal["durable", "write-behind"]
     rate: float | None = None
+    transport: str = "websockets"
+    """``gearhall serve --transport``."""
 
     @property
     def durability_label(self) -> str:
@@ -139,6 +141,8 @@ def run_scenario(
         "rate": scenario.rate,
     }
     server = ServerProcess(data_root / scenario.name, scenario.durability)
+    server.transport = scenario.transport
+    entry["transport"] = scenario.transport
     if args.gc_threshold:
         server.command = gc_tuned_command(args.gc_threshold)
     print(f"== {scenario.name}: {scenario.title}, {clients} clients, "
