@@ -7,8 +7,10 @@ ping/pong in C, and hands each frame to a synchronous callback; it leaves the re
 
 - **Messages from frames.** Fragments are joined (a data frame inside a fragmented message,
   or a continuation outside one, is a protocol error, 1002); reserved bits without an
-  extension are 1002; a message over ``max_frame_bytes`` is 1009; a text message that is
-  not UTF-8 is 1007.
+  extension are 1002; a message over ``max_frame_bytes`` is 1009, and so is one of more
+  fragments than ``websockets`` allows (its ``MAX_FRAGMENTS``, 4,096 unless
+  ``WEBSOCKETS_MAX_FRAGMENTS`` says otherwise: the same limit on both transports); a text
+  message that is not UTF-8 is 1007.
 - **The closing handshake.** A close frame is answered with the same code (an invalid code
   or a 1-byte payload is 1002, a reason that is not UTF-8 is 1007) and the connection ends.
 - **Order and backpressure.** Frames arrive in a callback, requests must be handled one at a
@@ -46,6 +48,7 @@ from picows import (
     WSUpgradeResponseWithListener,
     ws_create_server,
 )
+from websockets.asyncio.messages import MAX_FRAGMENTS
 
 from protocol.codec import CODECS
 from server.handshake import HttpAnswer, offered_subprotocols, route
@@ -165,9 +168,9 @@ class _MessageListener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:  # no extension is ever negotiated
+            raise WSProtocolError(WSCloseCode.PROTOCOL_ERROR, "reserved bits set")
         if kind is _TEXT or kind is _BINARY or kind is _CONT:
-            if frame.rsv1 or frame.rsv2 or frame.rsv3:
-                raise WSProtocolError(WSCloseCode.PROTOCOL_ERROR, "reserved bits set")
             if kind is _CONT:
                 if self._fragmented is None:
                     raise WSProtocolError(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation")
@@ -198,6 +201,8 @@ class _MessageListener(WSListener):
         self._size += len(payload)
         if self._size > self._max:
             raise WSProtocolError(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
+        if len(self._parts) >= MAX_FRAGMENTS:
+            raise WSProtocolError(WSCloseCode.MESSAGE_TOO_BIG, "too many fragments")
         self._parts.append(payload)
         if not frame.fin:
             return
