@@ -25,6 +25,7 @@ RULES: dict[str, set[str]] = {
         "protocol",
         "msgspec",
         "websockets",
+        "picows",
         "uvloop",
         "prompt_toolkit",
         "jmespath",

@@ -1,6 +1,8 @@
 """``wsprobe bench`` as a real subprocess against a real server (in the test's event loop):
 the report on stdout, progress and summary on stderr, exit codes, both encodings, closed and
-open loop, errors counted by code, TLS, Origin, refused connections and the plot.
+open loop (on both client engines), errors counted by code, TLS, Origin, refused connections
+and the plot. Everything else runs on the default engine; test_bench_picows.py has the picows
+engine against both server transports, and frame-level cases with both engines.
 
 Runs are short (about a second measured, a handful of clients): nothing here measures
 performance. What is asserted is what the generator must get exactly right whatever the
@@ -26,6 +28,7 @@ from server.config import Settings
 from tests.support import standin
 from tests.support.proc import free_port
 from tests.support.wsprobe import Result, run_wsprobe
+from tools.wsprobe.bench_report import ENGINES
 from tools.wsprobe.client import ProbeClient
 from tools.wsprobe.plans import parse_mix, wrr_cycle
 
@@ -109,14 +112,20 @@ def assert_percentiles_ordered(latency: dict[str, Any]) -> None:
 # --- closed loop -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("encoding", ["json", "msgpack"])
-async def test_a_closed_loop_mix_over_two_processes(fast_url: str, encoding: str) -> None:
+async def test_a_closed_loop_mix_over_two_processes(
+    fast_url: str, encoding: str, engine: str
+) -> None:
     mix = "equip:3,move:2,stack:1,ping:2"
     extra = ["--msgpack", "--quiet"] if encoding == "msgpack" else []
     result, report = await bench(
-        fast_url, "--clients", "4", "--processes", "2", "--mix", mix, *SHORT, *extra
-    )
+        fast_url, "--clients", "4", "--processes", "2", "--mix", mix, *SHORT, *extra,
+        "--engine", engine,
+    )  # fmt: skip
     assert result.code == 0, result
+    assert report["config"]["engine"] == engine
+    assert f"{encoding} on {engine}" in result.err
     assert report["mode"] == "closed"
     assert report["config"]["connect"]["encoding"] == encoding
     assert report["mix"] == mix
@@ -156,16 +165,20 @@ async def test_a_closed_loop_mix_over_two_processes(fast_url: str, encoding: str
 # --- open loop ---------------------------------------------------------------------------------
 
 
-async def test_an_open_loop_sends_exactly_what_its_schedule_says(fast_url: str) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_an_open_loop_sends_exactly_what_its_schedule_says(
+    fast_url: str, engine: str
+) -> None:
     # 3 clients over 2 workers: 60 and 30 ops/s, 75 and 37 ops in the 1.25 s window (the
     # second worker is half a step behind: 37.5 ops fall to 37), 112 in all for 112.5 = rate
     # x duration. Every scheduled op is counted, as an op or as an error.
     rate, duration = 90.0, 1.25
     result, report = await bench(
         fast_url, "--clients", "3", "--processes", "2", "--rate", "90", "--mix", EVERY_KIND,
-        "--warmup", "0.5", "--duration", "1.25", "--msgpack",
+        "--warmup", "0.5", "--duration", "1.25", "--msgpack", "--engine", engine,
     )  # fmt: skip
     assert result.code == 0, result
+    assert report["config"]["engine"] == engine
     expected = scheduled(rate, 3, 2, 0.5, duration)
     assert expected == 112
     assert abs(expected - rate * duration) < 2  # under one op per worker

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tools.wsprobe.bench_engine import schedule_bounds
 from tools.wsprobe.bench_report import (
     Interval,
     LoadConfig,
@@ -22,7 +23,6 @@ from tools.wsprobe.bench_report import (
     merge_results,
     render_summary,
 )
-from tools.wsprobe.bench_worker import schedule_bounds
 from tools.wsprobe.common import ConnectOptions
 from tools.wsprobe.plans import KINDS, MixError, format_mix, parse_mix, wrr_cycle
 from tools.wsprobe.plot import write_plot

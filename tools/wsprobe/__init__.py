@@ -14,9 +14,13 @@
 - ``script`` (``script_format``, ``script_match``, ``script_run``, ``script_record``):
   ``run``, scripted sessions with expectations, and the recorder behind ``record``;
 - ``load`` (``bench_worker``, ``bench_report``, ``plans``, ``stats``, ``plot``): ``bench``,
-  the multi-process load generator, its workloads, histogram and chart.
+  the multi-process load generator, its workloads, histogram and chart; its clients run on
+  an engine (``bench_engine``: what every engine shares): ``bench_picows``, the default, a
+  picows client looping in its frame callback at about half the CPU per request, or
+  ``bench_websockets``, the reference, on the same connection code as the other modes.
 
 Of the project's own code this package imports only ``protocol``, so it works against any
-Gearhall server. Its dependencies: msgspec, websockets, uvloop, prompt_toolkit
-(``connect``), jmespath (``run`` captures) and, optionally, matplotlib (``bench --plot``).
+Gearhall server. Its dependencies: msgspec, websockets, picows (``bench``), uvloop,
+prompt_toolkit (``connect``), jmespath (``run`` captures) and, optionally, matplotlib
+(``bench --plot``).
 """

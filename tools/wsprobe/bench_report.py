@@ -17,7 +17,7 @@ across workers for one :class:`TimelinePoint`, as soon as every worker has sent 
 from __future__ import annotations
 
 import math
-from typing import Literal, TextIO
+from typing import Literal, TextIO, get_args
 
 import msgspec
 
@@ -31,6 +31,11 @@ GENERATOR_BOUND_PCT = 90.0
 
 class LoadError(Exception):
     """The run could not be carried out (no client connected, a worker died)."""
+
+
+EngineName = Literal["websockets", "picows"]
+"""The WebSocket library the load clients run on (``bench_engine.py``)."""
+ENGINES: tuple[EngineName, ...] = get_args(EngineName)
 
 
 class LoadConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +56,9 @@ class LoadConfig(msgspec.Struct, frozen=True, kw_only=True):
     handshake, and then its hello)."""
     drain_timeout_s: float = 10.0
     """After the window, how long outstanding requests may take before they count as lost."""
+    engine: EngineName = "picows"
+    """The clients' WebSocket library: ``picows`` costs about half the CPU per exchange of
+    ``websockets`` (``benchmarks/generator_bench.py``), which is kept as the reference."""
 
     def intervals(self) -> int:
         """How many progress intervals the measured window has (the last may be shorter)."""
@@ -306,7 +314,8 @@ def render_summary(report: LoadReport) -> str:
     lat = report.latency
     mode = "closed loop" if c.rate is None else f"open loop at {c.rate:,g} ops/s"
     lines = [
-        f"{report.mix} x {c.clients} clients ({mode}, {c.connect.encoding}, {c.procs} procs, "
+        f"{report.mix} x {c.clients} clients ({mode}, {c.connect.encoding} on {c.engine}, "
+        f"{c.procs} procs, "
         f"{report.window_s:g}s measured after {c.warmup_s:g}s warm-up)",
         f"  {report.ops_per_s:,.0f} ops/s ({report.ops:,} ops: "
         + ", ".join(f"{kind} {n:,}" for kind, n in report.ops_by_kind.items())

@@ -33,10 +33,12 @@ latency, from the actual send, is reported beside it: the gap between the two is
 generator spent behind its own schedule.
 
 Where things are: this module is the parent and the ``bench`` command; ``bench_worker.py``
-the worker process; ``bench_report.py`` the configuration, report, timeline and summary;
-``plans.py`` the mixes and their kinds; ``stats.py`` the histogram; ``plot.py`` the figure.
-Workers run uvloop: the generator shares the machine with the server it measures, so every
-CPU cycle it saves is one the server can use.
+the worker process; ``bench_engine.py`` what the client engines share and must do,
+``bench_picows.py`` and ``bench_websockets.py`` the engines (``--engine``); ``bench_report.py``
+the configuration, report, timeline and summary; ``plans.py`` the mixes and their kinds;
+``stats.py`` the histogram; ``plot.py`` the figure. Workers run uvloop, and by default the
+picows engine: the generator shares the machine with the server it measures, so every CPU
+cycle it saves is one the server can use.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import msgspec
 
 from tools.wsprobe import common
 from tools.wsprobe.bench_report import (
+    ENGINES,
     LoadConfig,
     LoadError,
     LoadReport,
@@ -265,6 +268,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         procs=args.processes if args.processes is not None else min(2, args.clients),
         rate=args.rate,
         run_id=args.run_id or f"{os.getpid():x}{time.time_ns() // 1_000_000 % 0xFFFFFF:x}",
+        engine=args.engine,
     )
     progress = None if args.quiet else Progress(sys.stderr)
     try:
@@ -331,6 +335,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench.add_argument(
         "--processes", type=common.positive_int, metavar="P",
         help="worker processes (default: 2, or 1 for one client)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--engine", choices=ENGINES, default="picows",
+        help="the clients' WebSocket library: picows (about half the CPU per request) or "
+        "websockets, the reference (default: picows)",
     )  # fmt: skip
     bench.add_argument(
         "--run-id", help="players are dev:bench-<run-id>-<i> (default: new players each run)"
