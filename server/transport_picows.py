@@ -249,7 +249,8 @@ class _GameListener(_MessageListener):
         self._app = app
         self._subprotocol = subprotocol
         self._inbox: collections.deque[bytes | str] = collections.deque()
-        self._ready = asyncio.Event()
+        # The pump's wake-up while the inbox is empty: a bare future, cheaper than an Event.
+        self._waiter: asyncio.Future[None] | None = None
         self._reading = True
         self._gone = False
         self.transport: PicowsTransport | None = None
@@ -270,20 +271,26 @@ class _GameListener(_MessageListener):
     def on_message(self, data: bytes | str, text: bool) -> None:
         inbox = self._inbox
         inbox.append(data)
-        if len(inbox) == 1:
-            self._ready.set()
+        self._wake()
         if len(inbox) >= INBOX_HIGH and self._reading and self.ws is not None:
             self._reading = False
             self.ws.underlying_transport.pause_reading()
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _pump(self) -> None:
-        session, inbox, ready = self.session, self._inbox, self._ready
+        session, inbox = self.session, self._inbox
         assert session is not None and self.ws is not None
         underlying = self.ws.underlying_transport
+        loop = asyncio.get_running_loop()
         while not self._is_gone():
             if not inbox:
-                ready.clear()
-                await ready.wait()
+                self._waiter = loop.create_future()
+                await self._waiter
+                self._waiter = None
                 continue
             await session.wait_writable()
             if self._is_gone():  # disconnected while waiting
@@ -307,7 +314,7 @@ class _GameListener(_MessageListener):
 
     def on_ws_disconnected(self, ws: WSTransport) -> None:
         self._gone = True
-        self._ready.set()
+        self._wake()
         if self.transport is not None:
             self.transport.resume()  # a send waiting for the buffer fails on the closed check
         session = self.session
