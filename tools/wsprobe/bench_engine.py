@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -130,6 +131,42 @@ class Schedule:
 
     def at(self, j: int) -> float:
         return self.begin + (j + self.phase) / self.rate
+
+
+class ScheduledClient(Protocol):
+    """One client of an open loop, as either engine implements it."""
+
+    dead: bool
+
+    async def send_at(self, timed_from: float, now: float, measured: bool) -> None:
+        """Send this client's next request now; its latency counts from ``timed_from``."""
+
+
+async def run_schedule(
+    clients: Sequence[ScheduledClient], schedule: Schedule, rec: Recorder
+) -> None:
+    """Send op ``j`` at ``schedule.at(j)`` to client ``j % len(clients)``, for every ``j``
+    up to the end of ``schedule.measured``; the same loop for both engines."""
+    clock = time.monotonic
+    n = len(clients)
+    measured = schedule.measured
+    for j in range(measured.stop):
+        intended = schedule.at(j)
+        in_window = j >= measured.start
+        now = clock()
+        if intended > now:
+            await asyncio.sleep(intended - now)
+            now = clock()
+        elif in_window and now - intended > rec.max_lag:
+            rec.max_lag = now - intended
+        client = clients[j % n]
+        if client.dead:
+            if in_window:
+                rec.error("client_down")
+            continue
+        # uvloop's timers have millisecond resolution and may wake a little early: an op
+        # sent before its time is timed from when it was actually sent.
+        await client.send_at(min(intended, now), now, in_window)
 
 
 # --- connecting --------------------------------------------------------------------------------

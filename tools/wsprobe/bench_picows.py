@@ -55,7 +55,15 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
-from tools.wsprobe.bench_engine import Recorder, Schedule, Setup, Window, greet, head_decoder
+from tools.wsprobe.bench_engine import (
+    Recorder,
+    Schedule,
+    Setup,
+    Window,
+    greet,
+    head_decoder,
+    run_schedule,
+)
 from tools.wsprobe.bench_report import LoadConfig
 from tools.wsprobe.client import (
     SUBPROTOCOL_BY_ENCODING,
@@ -392,7 +400,8 @@ class _OpenClient:
             self._conn.on_message = self._reply
             self._conn.on_down = self._lost
 
-    def send(self, timed_from: float, now: float, measured: bool) -> None:
+    async def send_at(self, timed_from: float, now: float, measured: bool) -> None:
+        """Open loop (:func:`bench_engine.run_schedule`): send the next request now."""
         rid = next(self._rids)
         kind, request = self._plan.next(rid)
         self.pending[rid] = (timed_from, now, kind, measured)
@@ -437,34 +446,6 @@ class _OpenClient:
             self.finished = True
             self._conn.on_message, self._conn.on_down = _ignore, _nothing
             self._done.one()
-
-
-async def _open_scheduler(clients: list[_OpenClient], schedule: Schedule, rec: Recorder) -> None:
-    """Send op ``j`` at ``schedule.at(j)`` to client ``j % len(clients)``, for every ``j``
-    up to the end of ``schedule.measured`` (as the ``websockets`` engine does)."""
-    clock = time.monotonic
-    n = len(clients)
-    measured = schedule.measured
-    for j in range(measured.stop):
-        intended = schedule.at(j)
-        in_window = j >= measured.start
-        now = clock()
-        if intended > now:
-            await asyncio.sleep(intended - now)
-            now = clock()
-        elif in_window and now - intended > rec.max_lag:
-            rec.max_lag = now - intended
-        client = clients[j % n]
-        if client.dead:
-            if in_window:
-                rec.error("client_down")
-            continue
-        # uvloop's timers have millisecond resolution and may wake a little early: an op
-        # sent before its time is timed from when it was actually sent.
-        client.send(min(intended, now), now, in_window)
-
-
-# --- the pool ----------------------------------------------------------------------------------
 
 
 class PicowsPool:
@@ -520,7 +501,7 @@ class PicowsPool:
     async def run_open(self, schedule: Schedule, rec: Recorder) -> None:
         done = _Countdown(len(self.clients))
         clients = [_OpenClient(c, rec, done) for c in self.clients]
-        await _open_scheduler(clients, schedule, rec)
+        await run_schedule(clients, schedule, rec)
         for client in clients:
             client.stop_sending()
         await self._drain(done)

@@ -23,6 +23,7 @@ from tools.wsprobe.bench_engine import (
     Window,
     greet,
     head_decoder,
+    run_schedule,
 )
 from tools.wsprobe.bench_report import LoadConfig
 from tools.wsprobe.client import ProbeError
@@ -41,6 +42,20 @@ class _LoadClient:
     """Closed loop: the request awaiting its reply was sent inside the window."""
     sending: bool = True
     dead: bool = False
+    rec: Recorder | None = None
+    """Open loop: where a send that finds the connection closed is counted."""
+
+    async def send_at(self, timed_from: float, now: float, measured: bool) -> None:
+        """Open loop (:func:`bench_engine.run_schedule`): send the next request now."""
+        rid = next(self.rids)
+        kind, request = self.plan.next(rid)
+        self.pending[rid] = (timed_from, now, kind, measured)
+        try:
+            await self.ws.send(request, text=self.text)
+        except ConnectionClosed:
+            self.dead = True
+            if self.pending.pop(rid, None) is not None and measured and self.rec is not None:
+                self.rec.error("connection_closed")
 
 
 # --- closed loop -------------------------------------------------------------------------------
@@ -109,39 +124,6 @@ async def _open_receiver(client: _LoadClient, rec: Recorder) -> None:
             rec.error("connection_closed", lost)
 
 
-async def _open_scheduler(clients: list[_LoadClient], schedule: Schedule, rec: Recorder) -> None:
-    """Send op ``j`` at ``schedule.at(j)`` to client ``j % len(clients)``, for every ``j``
-    up to the end of ``schedule.measured``."""
-    clock = time.monotonic
-    n = len(clients)
-    measured = schedule.measured
-    for j in range(measured.stop):
-        intended = schedule.at(j)
-        in_window = j >= measured.start
-        now = clock()
-        if intended > now:
-            await asyncio.sleep(intended - now)
-            now = clock()
-        elif in_window and now - intended > rec.max_lag:
-            rec.max_lag = now - intended
-        client = clients[j % n]
-        if client.dead:
-            if in_window:
-                rec.error("client_down")
-            continue
-        rid = next(client.rids)
-        kind, request = client.plan.next(rid)
-        # uvloop's timers have millisecond resolution and may wake a little early: an op
-        # sent before its time is timed from when it was actually sent.
-        client.pending[rid] = (min(intended, now), now, kind, in_window)
-        try:
-            await client.ws.send(request, text=client.text)
-        except ConnectionClosed:
-            client.dead = True
-            if client.pending.pop(rid, None) is not None and in_window:
-                rec.error("connection_closed")
-
-
 # --- the pool ----------------------------------------------------------------------------------
 
 
@@ -193,7 +175,9 @@ class WebsocketsPool:
     async def run_open(self, schedule: Schedule, rec: Recorder) -> None:
         clients = self.clients
         receivers = [asyncio.create_task(_open_receiver(c, rec)) for c in clients]
-        await _open_scheduler(clients, schedule, rec)
+        for client in clients:
+            client.rec = rec
+        await run_schedule(clients, schedule, rec)
         for client, task in zip(clients, receivers, strict=True):
             client.sending = False
             if not client.pending:
