@@ -57,6 +57,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # allocates a few short-lived objects; at the default, collections of the whole heap of
     # players and connections ran often enough to dominate tail latency (docs/benchmarks.md).
     gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=100)] = 50_000
+    # Seconds between moving newly loaded players out of the collector's sight (a young
+    # collection, then gc.freeze()); 0 turns it off. Without it, a burst of logins is later
+    # traversed by one gen-1 and one full collection: 0.2 s and 0.35 s pauses after 1,000
+    # logins (docs/benchmarks.md).
+    gc_freeze_loaded_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
 
 
 class ConfigError(ValueError):

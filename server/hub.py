@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gearhall.hub")
 
 _effect_encoder = msgspec.msgpack.Encoder()
+_effect_decoder = msgspec.msgpack.Decoder(AnyEffect)
 
 
 class LivePlayer:
@@ -67,7 +69,8 @@ class LivePlayer:
         self.snapshot_version = snapshot_version
         self.snapshot_in_flight = False
         self.snapshot_scheduled = False  # has an entry in PlayerHub._snapshot_due
-        self.recent: collections.deque[tuple[int, AnyEffect]] = collections.deque(
+        # (version, msgpack of the effect): what a resuming session missed, newest last.
+        self.recent: collections.deque[tuple[int, bytes]] = collections.deque(
             maxlen=resume_buffer
         )
         self.sessions: list[Session] = []
@@ -113,6 +116,9 @@ class PlayerHub:
         # Fresh item ids: a run [_id_next, _id_end) from a hi/lo block (persistence.players).
         self._id_next = 0
         self._id_end = 0
+        # gc.freeze() of newly loaded players (_freeze_loaded)
+        self._loaded_since_freeze = False
+        self._next_freeze = 0.0
         # Running cooldowns of loaded players, soonest first: (ready_at_ms, player_id, key).
         # Running cooldowns of loaded players by the tick they end on (deadlines are tick
         # aligned): {ready_tick: {(player_id, key): ready_at_ms}}. A timing wheel, O(1) per
@@ -184,6 +190,7 @@ class PlayerHub:
                 if ready_at > now_ms:
                     self._watch_cooldown(player_id, key, ready_at)
             future.set_result(live)
+            self._loaded_since_freeze = True
             return live
         except BaseException as exc:
             self.players.pop(player_id, None)
@@ -235,11 +242,16 @@ class PlayerHub:
             apply(state, effect)
         version = state.version
 
+        # Encoded once: the journal stores these bytes, and so does the resume buffer
+        # (bytes are invisible to the garbage collector; effect objects kept for minutes
+        # were most of what its collections traversed).
+        encoded = [_effect_encoder.encode(e) for e in effects]
+
         def on_durable() -> None:
             live.durable_version = version
             base = version - len(effects)
-            for offset, effect in enumerate(effects, start=1):
-                live.recent.append((base + offset, effect))
+            for offset, data in enumerate(encoded, start=1):
+                live.recent.append((base + offset, data))
             if any(session is not origin for session in live.sessions):
                 live.pending_pushes.append((origin, effects, version))
                 self._pushes[live.player_id] = live
@@ -254,7 +266,7 @@ class PlayerHub:
             live.player_id,
             first,
             self._tick(),
-            [_effect_encoder.encode(e) for e in effects],
+            encoded,
             on_durable,
         )
         await self.wait_durable(live, version)
@@ -311,11 +323,30 @@ class PlayerHub:
             return []
         recent = live.recent
         if recent and recent[0][0] <= version + 1:
-            return [e for v, e in recent if version < v <= durable]
+            return [_effect_decoder.decode(data) for v, data in recent if version < v <= durable]
         async with self.pool.acquire() as conn:
             return await repo.effects_since(conn, live.player_id, version, durable)
 
     # --- the tick ---------------------------------------------------------------------------
+
+    def _freeze_loaded(self, now: float) -> None:
+        """Move players loaded since the last time (and everything else still alive) into
+        the collector's permanent generation, at most every ``gc_freeze_loaded_s``.
+
+        A player is a few hundred tracked objects that live as long as it is online. Left
+        to the collector, a burst of logins is traversed by a gen-1 collection and then by
+        every full collection: pauses of hundreds of milliseconds. A young collection first
+        (``gc.collect(1)``: small, because this runs often) clears whatever cyclic garbage
+        exists right now, so none is frozen; frozen objects are still freed by reference
+        counting when a player is evicted.
+        """
+        interval = self.settings.gc_freeze_loaded_s
+        if not self._loaded_since_freeze or not interval or now < self._next_freeze:
+            return
+        self._loaded_since_freeze = False
+        self._next_freeze = now + interval
+        gc.collect(1)
+        gc.freeze()
 
     def on_tick(self, tick: int) -> None:
         """Push deltas, start due snapshots, evict idle players. Never awaits."""
@@ -362,6 +393,7 @@ class PlayerHub:
                 idle.append((max(now + 1.0, live.idle_since + evict_after), live))
         if evicted:
             self.metrics.players_online.set(len(self.players))
+        self._freeze_loaded(now)
 
     def _watch_cooldown(self, player_id: int, key: str, ready_at_ms: int) -> None:
         # A deadline in a tick already announced (possible only for a cooldown started

@@ -435,3 +435,24 @@ async def test_bad_dev_token_is_unauthenticated(url: str, dsn: str) -> None:
         assert await conn.fetchval("SELECT count(*) FROM players") == 0
     finally:
         await conn.close()
+
+
+async def test_loaded_players_are_moved_out_of_the_collectors_sight(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """After a login, a tick freezes what is alive (hub._freeze_loaded), so the player's
+    objects are not traversed by later collections; the session still works afterwards."""
+    import gc
+
+    async with serving(make_settings(gc_freeze_loaded_s=0.01)) as app:
+        before = gc.get_freeze_count()
+        client, welcome = await hello_client(ws_url(app), "frozen")
+        deadline = time.monotonic() + 5.0
+        # No event says a tick ran: poll the freeze count until the deadline.
+        while gc.get_freeze_count() <= before:
+            assert time.monotonic() < deadline, "no freeze after a login"
+            await asyncio.sleep(0.01)
+        cells = backpack(welcome)
+        reply = await client.request("inventory.equip_item", item_id=cells[CLOTH_CAP], slot="head")
+        assert reply["t"] == "effects", reply
+        await client.close()
