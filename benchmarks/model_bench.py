@@ -227,6 +227,7 @@ def _rss_bytes() -> int:
 
 
 RESUME_SAMPLE = 2_000
+_encode_effect = msgspec.msgpack.Encoder().encode  # as PlayerHub.commit encodes once
 
 
 def memory_child(path: str, use_tracemalloc: bool) -> dict[str, Any]:
@@ -260,14 +261,15 @@ def memory_child(path: str, use_tracemalloc: bool) -> dict[str, Any]:
         cache.get(s, now_ms)
     marks["stats_cached"] = measure()
     # 4. a full resume buffer: the last 256 effects are kept for resuming sessions (moves
-    #    and equip/unequip, each effect kept as PlayerHub.commit keeps it once durable)
+    #    and equip/unequip, each effect kept as PlayerHub.commit keeps it once durable: its
+    #    msgpack bytes)
     tick = START_TICK
     subset = states[:RESUME_SAMPLE]
     for s in subset:
         lp = live[s.player_id]
         vest = first_item(s, "leather_vest", "backpack")
         cap = first_item(s, "cloth_cap", "backpack")
-        recent: deque[tuple[int, AnyEffect]] = lp.recent
+        recent: deque[tuple[int, bytes]] = lp.recent
         step = 0
         while len(recent) < resume_buffer:
             ctx = RuleContext(tick=tick, tick_ms=TICK_MS, catalog=catalog)
@@ -283,7 +285,7 @@ def memory_child(path: str, use_tracemalloc: bool) -> dict[str, Any]:
                 effects = rules.equip_item(s, EquipItem(rid=0, item_id=cap, slot="head"), ctx)
             for effect in effects:
                 apply_all(s, [effect])
-                recent.append((s.version, effect))
+                recent.append((s.version, _encode_effect(effect)))
             step += 1
     marks["resume_buffer_full"] = measure()
     template_str_bytes = sum(
