@@ -70,9 +70,7 @@ class LivePlayer:
         self.snapshot_in_flight = False
         self.snapshot_scheduled = False  # has an entry in PlayerHub._snapshot_due
         # (version, msgpack of the effect): what a resuming session missed, newest last.
-        self.recent: collections.deque[tuple[int, bytes]] = collections.deque(
-            maxlen=resume_buffer
-        )
+        self.recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=resume_buffer)
         self.sessions: list[Session] = []
         # (origin session, effects, version after them), flushed to other sessions on tick
         self.pending_pushes: list[tuple[Session | None, list[AnyEffect], int]] = []
