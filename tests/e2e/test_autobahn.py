@@ -25,16 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CASES_1_TO_10 = 301  # Autobahn|Testsuite 0.8.2 (pinned in tools/autobahn)
 # A cold install (~70 s, more on a slow registry), a server start and wstest (~20 s).
 RUN_TIMEOUT_S = 900.0
-_ADAPTERS = {"picows": ROOT / "server" / "transport_picows.py"}
-
-
-def _param(transport: str) -> object:
-    """Skipped only while the transport's adapter file does not exist yet."""
-    adapter = _ADAPTERS.get(transport)
-    if adapter is None or adapter.exists():
-        return pytest.param(transport)
-    reason = f"server/{adapter.name} does not exist yet: the {transport} adapter is being written"
-    return pytest.param(transport, marks=pytest.mark.skip(reason=reason))
 
 
 async def _run(*args: str) -> tuple[int, str]:
@@ -63,7 +53,7 @@ async def _run(*args: str) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("transport", [_param(t) for t in TRANSPORTS])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_autobahn_cases_1_to_10(transport: str, dsn: str, tmp_path: Path) -> None:
     verdict = tmp_path / "autobahn.json"
     reports = tmp_path / "reports"

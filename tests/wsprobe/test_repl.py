@@ -270,9 +270,6 @@ async def test_server_closing_the_connection_exits_2(app: App, url: str, history
 
 
 async def test_record_writes_a_script(url: str, tmp_path: Path, history: Path) -> None:
-    script = pytest.importorskip("tools.wsprobe.script")
-    if not hasattr(script, "ScriptRecorder"):
-        pytest.skip("tools/wsprobe/script.py has no ScriptRecorder yet")
     path = tmp_path / "session.script"
     result = await run_wsprobe(
         "record", url, "--token", "dev:rex", "-o", str(path), stdin="equip @cloth_cap head\n"
