@@ -57,11 +57,11 @@ from benchmarks.model_players import (
     first_item,
 )
 from benchmarks.tick_bench import START_TICK, TICK_MS
+from protocol.base import Request
 from protocol.messages import (
     EquipItem,
     MergeStacks,
     MoveItem,
-    Request,
     SortCompartment,
     SplitStack,
     UnequipItem,

@@ -13,7 +13,8 @@ import random
 import msgspec
 
 from benchmarks.tick_bench import TICK_MS
-from protocol.messages import EquipItem, GrantItem, MoveItem, Request, UseItem
+from protocol.base import Request
+from protocol.messages import EquipItem, GrantItem, MoveItem, UseItem
 from protocol.mirror import apply_all
 from protocol.model import AnyEffect, EquipSlot, ItemCreated, PlayerState
 from sim import rules

@@ -44,9 +44,10 @@ from typing import Any, Protocol
 
 from persistence.journal import Journal
 from protocol import SUBPROTOCOL_JSON
+from protocol.base import Request
 from protocol.codec import CODECS
 from protocol.errors import GearhallError
-from protocol.messages import MoveItem, Request
+from protocol.messages import MoveItem
 from protocol.model import CooldownStarted, PlayerState
 from server import hub as hub_module
 from server.config import load_settings

@@ -13,8 +13,9 @@ from typing import Final
 import msgspec
 
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
+from protocol.base import Request
 from protocol.errors import BadRequestError
-from protocol.messages import ClientMessage, Request
+from protocol.messages import ClientMessage
 from protocol.types import MAX_RID
 
 

@@ -12,25 +12,13 @@ from typing import Annotated
 
 import msgspec
 
+from protocol import accounts as acc
+from protocol.base import Reply, Request, ServerMessage
 from protocol.errors import ErrorCode
 from protocol.model import AnyEffect, Encumbrance, EquipSlot, PlayerState
-from protocol.types import CompartmentIndex, RequestId, Token, WireItemId
+from protocol.types import CompartmentIndex, Token, WireItemId
 
 CompartmentField = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-
-
-class Request(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", forbid_unknown_fields=True):
-    """Base of every client message."""
-
-    rid: RequestId
-
-
-class ServerMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", omit_defaults=False):
-    """Base of every server message."""
-
-
-class Reply(ServerMessage, frozen=True, kw_only=True):
-    rid: RequestId
 
 
 # --- session -------------------------------------------------------------------------------
@@ -223,6 +211,7 @@ ClientMessage = (
     | UseItem
     | GetStats
     | GrantItem
+    | acc.ClientAccountsMessage
 )
 CLIENT_MESSAGES: tuple[type[Request], ...] = ClientMessage.__args__
 
@@ -235,12 +224,6 @@ AnyServerMessage = (
     | PlayerDelta
     | CooldownReady
     | ErrorReply
+    | acc.ServerAccountsMessage
 )
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = AnyServerMessage.__args__
-
-
-def tag_of(cls: type[msgspec.Struct]) -> str:
-    """The wire tag of a message class."""
-    tag = cls.__struct_config__.tag
-    assert isinstance(tag, str)
-    return tag

@@ -27,14 +27,9 @@ from typing import Final, Literal
 import msgspec
 
 from protocol import PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, SUBPROTOCOLS
+from protocol.base import tag_of
 from protocol.errors import ERROR_CLASSES, ErrorCode, GearhallError
-from protocol.messages import (
-    CLIENT_MESSAGES,
-    SERVER_MESSAGES,
-    AnyServerMessage,
-    ClientMessage,
-    tag_of,
-)
+from protocol.messages import CLIENT_MESSAGES, SERVER_MESSAGES, AnyServerMessage, ClientMessage
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ASYNCAPI_VERSION: Final = "3.0.0"

@@ -23,9 +23,14 @@ from persistence.journal import Journal, JournalMetrics
 from persistence.migrate import migrate
 from server.config import Settings
 from server.dispatch import Dispatcher, merge_handlers
+from server.domains.accounts.bus import AuthBus
+from server.domains.accounts.handlers import HANDLERS as ACCOUNTS
+from server.domains.accounts.http import ROUTES as ACCOUNT_ROUTES
+from server.domains.accounts.oidc import HANDLERS as OIDC
+from server.domains.accounts.service import Accounts
 from server.domains.inventory.handlers import HANDLERS as INVENTORY
 from server.domains.session.handlers import HANDLERS as SESSION
-from server.http import DatabaseProbe
+from server.http import DatabaseProbe, PostHandler
 from server.hub import PlayerHub
 from server.metrics import Metrics
 from server.session import CLOSE_GOING_AWAY, Session
@@ -91,6 +96,10 @@ class App:
         self._server: Listener | None = None
         self.tls: ssl.SSLContext | None = None
         self._driver_task: asyncio.Task[None] | None = None
+        # POST endpoints on the game port (server/front.py serves them), by path
+        self.post_routes: dict[str, PostHandler] = dict(ACCOUNT_ROUTES)
+        self.accounts = Accounts(self)
+        self.auth_bus = AuthBus(self)
 
     # --- start ------------------------------------------------------------------------------
 
@@ -137,7 +146,8 @@ class App:
             tick_ms=self.driver.tick_ms,
         )
         self.hub.start()
-        self.dispatcher = Dispatcher(merge_handlers(SESSION, INVENTORY), m)
+        self.dispatcher = Dispatcher(merge_handlers(SESSION, INVENTORY, ACCOUNTS, OIDC), m)
+        await self.auth_bus.start()
         self.db_probe = DatabaseProbe(self)
         await self.db_probe.start()
         self._server = await start_listener(self)
@@ -163,6 +173,11 @@ class App:
         )
         if s.echo_endpoint:
             log.warning("TEST ONLY: echo endpoint enabled at /echo (echo_endpoint)")
+        if s.dev_auth:
+            log.warning(
+                "DEVELOPMENT ONLY: dev auth is on; anyone can connect as any player with "
+                "dev:<name> tokens (GEARHALL_DEV_AUTH)"
+            )
 
     async def _load_catalog(self, conn: asyncpg.Connection) -> Catalog:
         """The catalog this node runs: the one given to ``App``; else the ``templates``
@@ -265,6 +280,8 @@ class App:
         self._watchdog_task.cancel()
         await asyncio.gather(self._watchdog_task, return_exceptions=True)
         await self.db_probe.stop()
+        await self.auth_bus.stop()
+        self.accounts.close()
         await self.journal.close()
         await self.hub.stop()
         await self.pool.close()

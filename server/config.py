@@ -46,6 +46,33 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ping_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
     rate_limit_per_s: Annotated[float, msgspec.Meta(gt=0)] = 200.0
     rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 400
+    # abuse limits before the upgrade (per client IP, per node; docs/accounts.md)
+    # Origins browsers may connect from (exact "https://host[:port]"); requests without an
+    # Origin header (game clients, launchers) are not affected. Empty: no browser origins.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    # Addresses of load balancers whose X-Forwarded-For is believed (exact IPs).
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    max_sockets_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 64
+    handshakes_per_ip_per_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    handshake_burst_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 40
+    http_body_max_bytes: Annotated[int, msgspec.Meta(ge=256)] = 16 * 1024
+    # accounts
+    access_token_ttl_s: Annotated[int, msgspec.Meta(ge=10)] = 15 * 60
+    session_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 30 * 24 * 3600
+    # argon2id; defaults are OWASP's second recommendation (19 MiB, 2 passes, 1 lane),
+    # measured in docs/benchmarks.md
+    argon2_time_cost: Annotated[int, msgspec.Meta(ge=1)] = 2
+    argon2_memory_kib: Annotated[int, msgspec.Meta(ge=8)] = 19 * 1024
+    argon2_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 1
+    # Threads that hash passwords (argon2 releases the GIL), and how many hashes may wait
+    # for one before logins are answered "unavailable" instead of queueing without bound.
+    hash_workers: Annotated[int, msgspec.Meta(ge=1)] = 2
+    hash_queue_max: Annotated[int, msgspec.Meta(ge=1)] = 64
+    signups_per_ip_per_hour: Annotated[int, msgspec.Meta(ge=1)] = 20
+    # OpenID Connect (external login); off while oidc_issuer is unset
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
     # persistence
     db_pool_size: Annotated[int, msgspec.Meta(ge=1)] = 8
     snapshot_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0

@@ -1,7 +1,12 @@
 """The one dispatch point: message type -> registered handler, exception -> error reply.
 
-Handlers are registered explicitly (each domain exports ``HANDLERS``); duplicates and
-client messages without a handler are refused at start-up. This module is the only place
+Handlers are registered explicitly (each domain exports ``HANDLERS``), each with the
+permission it needs (:func:`requires`) or marked :func:`public` (usable before
+``session.hello``: login and sign-up). A registration without either does not exist, so
+the default is deny; duplicates and client messages without a handler are refused at
+start-up. The permission is checked on every message against the session's current
+permissions (which change while it is open: a role granted or revoked applies to the next
+message). This module is the only place
 that turns an exception into an ``ErrorReply``: by the ``code`` its class declares
 (``protocol.errors``), or ``internal`` for anything unexpected, which is logged with its
 traceback and never described to the client.
@@ -12,17 +17,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from protocol.errors import ErrorCode, GearhallError, UnauthenticatedError
-from protocol.messages import (
-    CLIENT_MESSAGES,
-    ErrorReply,
-    Request,
-    ServerMessage,
-    SessionHello,
-    tag_of,
-)
+from protocol.base import Request, ServerMessage, tag_of
+from protocol.errors import ErrorCode, ForbiddenError, GearhallError, UnauthenticatedError
+from protocol.messages import CLIENT_MESSAGES, ErrorReply
+from server.domains.accounts.rules import Permission
 from server.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -33,19 +34,36 @@ log = logging.getLogger("gearhall.dispatch")
 # A handler takes the session and one request type; Callable[..., ...] because each handler
 # narrows the request parameter to its own type (contravariance forbids a common signature).
 Handler = Callable[..., Awaitable[ServerMessage]]
-HandlerMap = Mapping[type[Request], Handler]
-
-# Messages a connection may send before it has a session.
-PRE_SESSION: frozenset[type[Request]] = frozenset({SessionHello})
 
 
-def merge_handlers(*maps: HandlerMap) -> dict[type[Request], Handler]:
+@dataclass(frozen=True, slots=True)
+class Registration:
+    handler: Handler
+    permission: Permission | None
+    """None: public, allowed before the session (sign-up, login, hello)."""
+
+
+def requires(permission: Permission, handler: Handler) -> Registration:
+    """Register ``handler`` for sessions holding ``permission``."""
+    return Registration(handler, permission)
+
+
+def public(handler: Handler) -> Registration:
+    """Register ``handler`` for anyone, signed in or not. Such a handler authenticates
+    whatever it needs to itself."""
+    return Registration(handler, None)
+
+
+HandlerMap = Mapping[type[Request], Registration]
+
+
+def merge_handlers(*maps: HandlerMap) -> dict[type[Request], Registration]:
     """Merge domain handler maps.
 
     Raises:
         ValueError: a message type is registered twice, or a client message has no handler.
     """
-    merged: dict[type[Request], Handler] = {}
+    merged: dict[type[Request], Registration] = {}
     for handlers in maps:
         for msg_type, handler in handlers.items():
             if msg_type in merged:
@@ -58,11 +76,12 @@ def merge_handlers(*maps: HandlerMap) -> dict[type[Request], Handler]:
 
 
 class _Route:
-    __slots__ = ("errors", "handler", "latency", "received", "tag")
+    __slots__ = ("errors", "handler", "latency", "permission", "received", "tag")
 
-    def __init__(self, tag: str, handler: Handler, metrics: Metrics) -> None:
+    def __init__(self, tag: str, registration: Registration, metrics: Metrics) -> None:
         self.tag = tag
-        self.handler = handler
+        self.handler = registration.handler
+        self.permission = registration.permission
         self.received = metrics.messages_in.labels(tag)
         self.latency = metrics.request_latency.labels(tag)
 
@@ -79,8 +98,11 @@ class Dispatcher:
         route.received.inc()
         started = time.perf_counter()
         try:
-            if session.player is None and type(msg) not in PRE_SESSION:
-                raise UnauthenticatedError("send session.hello first")
+            needed = route.permission
+            if needed is not None and needed not in session.permissions:
+                if session.principal is None:
+                    raise UnauthenticatedError("send session.hello first")
+                raise ForbiddenError(f"{route.tag} needs the {needed} permission")
             reply = await route.handler(session, msg)
         except Exception as exc:  # the one place exceptions become replies
             reply = self.error_reply(msg.rid, exc)

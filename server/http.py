@@ -10,7 +10,8 @@ draining and the journal's health are read live.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,28 @@ if TYPE_CHECKING:
 
 HttpResult = tuple[HTTPStatus, str, bytes]
 _TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A request with a body (``POST /auth/login``...), read whole by the front door."""
+
+    method: str
+    path: str  # without the query string
+    headers: Mapping[str, str]  # names lower-cased; repeated headers joined with ", "
+    body: bytes
+    remote_ip: str  # the client's address (after trusted proxies)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: HTTPStatus
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+PostHandler = Callable[["App", HttpRequest], Awaitable[HttpResponse]]
 
 
 class DatabaseProbe:

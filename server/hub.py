@@ -25,8 +25,9 @@ import msgspec
 
 from persistence import players as repo
 from persistence.journal import Journal
+from protocol.base import Request
 from protocol.errors import UnavailableError
-from protocol.messages import CooldownReady, PlayerDelta, Request
+from protocol.messages import CooldownReady, PlayerDelta
 from protocol.model import AnyEffect, CooldownStarted, ItemCreated, PlayerState
 from sim.apply import apply
 from sim.common import MAX_CREATED_PER_INTENT

@@ -21,13 +21,15 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from protocol.base import ServerMessage
 from protocol.codec import Codec, FrameDecodeError
 from protocol.errors import RateLimitedError, UnavailableError
-from protocol.messages import ServerMessage
 from server.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from server.app import App
+    from server.domains.accounts.principal import Principal
+    from server.domains.accounts.rules import Permission
     from server.hub import LivePlayer
 
 log = logging.getLogger("gearhall.session")
@@ -62,7 +64,15 @@ class Session:
         self.transport = transport
         self.codec = codec
         self.player: LivePlayer | None = None
-        self.roles: frozenset[str] = frozenset()
+        # Who this connection acts for (set by session.hello) and what it may do now: the
+        # dispatcher checks ``permissions`` per message; the auth bus updates or empties
+        # it when roles change or the login session is revoked.
+        self.principal: Principal | None = None
+        self.permissions: frozenset[Permission] = frozenset()
+        # The client's address (the transport may replace it with a trusted proxy's
+        # X-Forwarded-For) and User-Agent, for throttles, login sessions and the audit log.
+        self.client_ip = transport.remote.rsplit(":", 1)[0].strip("[]")
+        self.user_agent = ""
         settings = app.settings
         self._bucket = TokenBucket(
             settings.rate_limit_per_s, settings.rate_limit_burst, time.monotonic()
@@ -100,6 +110,7 @@ class Session:
         if self.player is not None:
             self.app.hub.detach(self.player, self)
             self.player = None
+        self.app.auth_bus.forget(self)
 
     async def close(self, code: int, reason: str) -> None:
         """Send what is queued (bounded by the write deadline), then a close frame."""
@@ -109,6 +120,12 @@ class Session:
                 await self._drained.wait()
         if not self.aborted:
             await self.transport.close(code, reason)
+
+    def authenticate(self, principal: Principal) -> None:
+        """From now on this connection acts for ``principal``."""
+        self.principal = principal
+        self.permissions = principal.permissions
+        self.app.auth_bus.track(self)
 
     # --- inbound ----------------------------------------------------------------------------
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from protocol.base import Request
 from protocol.messages import (
     DestroyItem,
     EquipItem,
     GrantItem,
     MergeStacks,
     MoveItem,
-    Request,
     SortCompartment,
     SplitStack,
     UnequipItem,

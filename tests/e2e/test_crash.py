@@ -24,7 +24,7 @@ import signal
 
 import pytest
 
-from protocol.messages import tag_of
+from protocol.base import tag_of
 from tests.e2e.conftest import (
     WORKLOAD_INTENTS,
     Phase,

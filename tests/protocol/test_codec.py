@@ -13,6 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, SUBPROTOCOLS
+from protocol import accounts as acc
+from protocol.base import Request, tag_of
 from protocol.codec import CODECS, Codec, FrameDecodeError
 from protocol.errors import ERROR_CLASSES, BadRequestError, ErrorCode, GearhallError
 from protocol.messages import (
@@ -26,13 +28,11 @@ from protocol.messages import (
     MergeStacks,
     MoveItem,
     Ping,
-    Request,
     SessionHello,
     SortCompartment,
     SplitStack,
     UnequipItem,
     UseItem,
-    tag_of,
 )
 
 JSON = SUBPROTOCOL_JSON
@@ -238,6 +238,34 @@ VALID: dict[type[Request], Request] = {
         compartment="belt",
         idempotency_key="order-123:line-1",
     ),
+    acc.Register: acc.Register(rid=13, email="ana@example.com", password="pw", display_name="Ana"),
+    acc.Login: acc.Login(rid=14, email="ana@example.com", password="pw", totp="123456"),
+    acc.DeviceLogin: acc.DeviceLogin(rid=15, device_id="d" * 32),
+    acc.Refresh: acc.Refresh(rid=16, refresh_token="ghr_" + "x" * 43),
+    acc.OidcStart: acc.OidcStart(rid=17, redirect_uri="https://game.example/cb"),
+    acc.OidcFinish: acc.OidcFinish(rid=18, code="abc", state="s" * 43),
+    acc.Logout: acc.Logout(rid=19),
+    acc.LogoutAll: acc.LogoutAll(rid=20),
+    acc.ChangePassword: acc.ChangePassword(rid=21, old_password="a", new_password="b"),
+    acc.LinkEmail: acc.LinkEmail(rid=22, email="ana@example.com", password="pw"),
+    acc.ListSessions: acc.ListSessions(rid=23),
+    acc.RevokeSession: acc.RevokeSession(rid=24, session_id=5),
+    acc.MfaEnroll: acc.MfaEnroll(rid=25),
+    acc.MfaConfirm: acc.MfaConfirm(rid=26, code="123456"),
+    acc.MfaDisable: acc.MfaDisable(rid=27, password="pw", recovery_code="abcd-efgh-ijkl"),
+    acc.GetProfile: acc.GetProfile(rid=28),
+    acc.UpdateProfile: acc.UpdateProfile(
+        rid=29, locale="pt-BR", notification_prefs=acc.NotificationPrefs(push=True)
+    ),
+    acc.GrantRole: acc.GrantRole(rid=30, account_id=3, role=acc.Role.SELLER),
+    acc.RevokeRole: acc.RevokeRole(rid=31, account_id=3, role=acc.Role.SELLER),
+    acc.Ban: acc.Ban(rid=32, account_id=3, reason="cheating"),
+    acc.Unban: acc.Unban(rid=33, account_id=3),
+    acc.ViewAccount: acc.ViewAccount(rid=34, account_id=3, reveal_pii=True),
+    acc.AuditQuery: acc.AuditQuery(rid=35, action="login", before_id=100, limit=20),
+    acc.CreateApiKey: acc.CreateApiKey(rid=36, name="shop", permissions=["items.grant"]),
+    acc.ListApiKeys: acc.ListApiKeys(rid=37),
+    acc.RevokeApiKey: acc.RevokeApiKey(rid=38, key_id=2),
 }
 
 

@@ -70,7 +70,8 @@ def strategy_for(t: msgspec.inspect.Type) -> st.SearchStrategy[object]:
         return st.none()
     if isinstance(t, msgspec.inspect.StrType):
         if t.pattern is not None:
-            raise NotImplementedError(f"no strategy for {t!r}")
+            low, high = t.min_length or 0, t.max_length or 10_000
+            return st.from_regex(t.pattern, fullmatch=True).filter(lambda s: low <= len(s) <= high)
         return st.text(min_size=t.min_length or 0, max_size=t.max_length)
     if isinstance(t, msgspec.inspect.LiteralType):
         return st.sampled_from(t.values)

@@ -16,6 +16,8 @@ import msgspec
 import pytest
 
 from protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
+from protocol import accounts as acc
+from protocol.base import tag_of
 from protocol.errors import ErrorCode
 from protocol.messages import (
     CLIENT_MESSAGES,
@@ -40,7 +42,6 @@ from protocol.messages import (
     StatsReply,
     UnequipItem,
     UseItem,
-    tag_of,
 )
 from protocol.model import (
     EFFECT_TYPES,
@@ -64,6 +65,7 @@ from protocol.model import (
     XpGained,
 )
 from protocol.schema import asyncapi, json_schema, render, server_version
+from tests.protocol.test_codec import VALID
 
 # --- a validator for the keywords msgspec emits ------------------------------------------
 
@@ -94,7 +96,7 @@ def errors(doc: dict[str, object], schema: object, value: object, at: str = "$")
     unknown = set(schema) - _ANNOTATIONS - {
         "$ref", "type", "enum", "anyOf", "oneOf", "properties", "required",
         "additionalProperties", "items", "prefixItems", "minItems", "maxItems", "minimum",
-        "maximum", "minLength", "maxLength",
+        "maximum", "minLength", "maxLength", "pattern",
     }  # fmt: skip
     assert not unknown, f"validator does not know {unknown}"
     found: list[str] = []
@@ -123,6 +125,8 @@ def errors(doc: dict[str, object], schema: object, value: object, at: str = "$")
             found.append(f"{at}: shorter than minLength")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             found.append(f"{at}: longer than maxLength")
+        if "pattern" in schema and not re.search(str(schema["pattern"]), value):
+            found.append(f"{at}: does not match pattern")
     if isinstance(value, list):
         if "minItems" in schema and len(value) < schema["minItems"]:
             found.append(f"{at}: fewer than minItems")
@@ -237,6 +241,28 @@ MESSAGES: list[msgspec.Struct] = [
     ErrorReply(rid=None, code=ErrorCode.BAD_REQUEST, message="bad", details={"reason": "x"}),
     ErrorReply(rid=5, code=ErrorCode.COOLDOWN_ACTIVE, message="cooldown 'healing_potion'",
                details={"ready_in_ms": 250, "nested": [1, {"a": None}], "ok": True}),
+    *VALID.values(),  # every client message, from the codec tests
+    acc.Tokens(rid=1, account_id=3, session_id=9, access_token="gha_x", refresh_token="ghr_y",
+               expires_in=900),
+    acc.OidcAuthorize(rid=1, url="https://issuer.example/authorize?x=1", state="s" * 43),
+    acc.Sessions(rid=1, sessions=[acc.SessionInfo(session_id=9, method="password", ip="10.0.0.1",
+                 user_agent="game/1.0", created_at_ms=1, last_used_at_ms=2, current=True)]),
+    acc.Done(rid=1, count=3),
+    acc.MfaEnrolment(rid=1, secret="JBSWY3DPEHPK3PXP",
+                     otpauth_uri="otpauth://totp/Gearhall:ana?secret=JBSWY3DPEHPK3PXP"),
+    acc.MfaRecoveryCodes(rid=1, codes=["abcd-efgh-ijkl"]),
+    acc.Profile(rid=1, account_id=3, player_id=4, email="ana@example.com", display_name="Ana",
+                locale="en", avatar_url=None, notification_prefs=acc.NotificationPrefs(),
+                roles=["player"], mfa_enabled=False, guest=False),
+    acc.AccountView(rid=1, account_id=3, player_id=4, email="a***@e***.com", display_name=None,
+                    roles=["player"], banned=False, ban_reason=None, mfa_enabled=True,
+                    created_at_ms=5, last_login_ip="10.0.0.x", pii_masked=True),
+    acc.AuditPage(rid=1, entries=[acc.AuditEntry(id=8, at_ms=1, action="login",
+                  actor_account_id=3, actor_api_key_id=None, target_account_id=3, ip="10.0.0.1",
+                  details={"method": "password"})], next_before_id=8),
+    acc.ApiKeyCreated(rid=1, key_id=2, key="ghk_z", permissions=["items.grant"]),
+    acc.ApiKeys(rid=1, keys=[acc.ApiKeyInfo(key_id=2, name="shop", permissions=["items.grant"],
+                created_at_ms=1, last_used_at_ms=None, revoked=False)]),
 ]  # fmt: skip
 
 

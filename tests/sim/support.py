@@ -23,7 +23,8 @@ from collections.abc import Iterable
 
 import msgspec
 
-from protocol.messages import GrantItem, Request
+from protocol.base import Request
+from protocol.messages import GrantItem
 from protocol.model import EQUIP_SLOTS, EQUIPMENT, LOST_AND_FOUND, AnyEffect, PlayerState
 from sim.apply import apply_all
 from sim.rules import RULES, RuleContext, gain_xp, grant_starter_kit, reconcile

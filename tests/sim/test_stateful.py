@@ -30,6 +30,7 @@ from hypothesis.stateful import (
 )
 
 from protocol import SUBPROTOCOL_JSON
+from protocol.base import Request
 from protocol.codec import CODECS
 from protocol.errors import GearhallError
 from protocol.messages import (
@@ -41,7 +42,6 @@ from protocol.messages import (
     MergeStacks,
     MoveItem,
     PlayerDelta,
-    Request,
     SessionWelcome,
     SortCompartment,
     SplitStack,

@@ -27,7 +27,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
 from protocol import SUBPROTOCOL_JSON
-from protocol.messages import CLIENT_MESSAGES, tag_of
+from protocol.base import tag_of
+from protocol.messages import CLIENT_MESSAGES
 from protocol.schema import json_schema
 from server.app import App
 from tests.support.proc import ROOT, free_port

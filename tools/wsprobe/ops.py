@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from protocol.messages import CLIENT_MESSAGES, Request, SessionHello, tag_of
+from protocol.base import Request, tag_of
+from protocol.messages import CLIENT_MESSAGES, SessionHello
 
 # Short name -> request type. Registration is explicit; ``hello`` is what every command
 # does first (``wsprobe state`` shows its welcome), so it has no operation of its own.

@@ -24,7 +24,8 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
-from protocol.messages import CLIENT_MESSAGES, tag_of
+from protocol.base import tag_of
+from protocol.messages import CLIENT_MESSAGES
 from tools.wsprobe import ops
 from tools.wsprobe.client import Message
 

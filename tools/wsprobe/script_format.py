@@ -23,7 +23,8 @@ from typing import Literal
 import jmespath
 import jmespath.exceptions
 
-from protocol.messages import SERVER_MESSAGES, Reply, tag_of
+from protocol.base import Reply, tag_of
+from protocol.messages import SERVER_MESSAGES
 from tools.wsprobe import ops
 
 Action = Literal["send", "raw", "hello", "expect_push", "wait_push"]

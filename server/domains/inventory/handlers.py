@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from persistence.players import player_name
-from protocol.errors import ForbiddenError, NotFoundError, UnavailableError
+from protocol.base import Request
+from protocol.errors import NotFoundError, UnavailableError
 from protocol.messages import (
     DestroyItem,
     EffectsReply,
@@ -19,7 +20,6 @@ from protocol.messages import (
     GrantItemReply,
     MergeStacks,
     MoveItem,
-    Request,
     SortCompartment,
     SplitStack,
     StatsReply,
@@ -27,7 +27,8 @@ from protocol.messages import (
     UseItem,
 )
 from protocol.model import ItemCreated
-from server.dispatch import HandlerMap
+from server.dispatch import HandlerMap, requires
+from server.domains.accounts.rules import Permission as P  # noqa: N817
 from sim.rules import RULES
 
 if TYPE_CHECKING:
@@ -73,12 +74,9 @@ async def grant_item(session: Session, msg: GrantItem) -> GrantItemReply:
     """Admin/service grant to any player, online or not; idempotent by key.
 
     Raises:
-        ForbiddenError: the session has no admin role.
         NotFoundError: no such player or template.
         plus what ``sim.inventory.grant_item`` raises.
     """
-    if "admin" not in session.roles:
-        raise ForbiddenError("admin.grant_item needs the admin role")
     app = session.app
     try:
         async with app.pool.acquire() as conn:
@@ -108,14 +106,14 @@ async def grant_item(session: Session, msg: GrantItem) -> GrantItemReply:
 
 
 HANDLERS: HandlerMap = {
-    EquipItem: run_rule,
-    UnequipItem: run_rule,
-    MoveItem: run_rule,
-    SplitStack: run_rule,
-    MergeStacks: run_rule,
-    SortCompartment: run_rule,
-    DestroyItem: run_rule,
-    UseItem: run_rule,
-    GetStats: get_stats,
-    GrantItem: grant_item,
+    EquipItem: requires(P.GAME_PLAY, run_rule),
+    UnequipItem: requires(P.GAME_PLAY, run_rule),
+    MoveItem: requires(P.GAME_PLAY, run_rule),
+    SplitStack: requires(P.GAME_PLAY, run_rule),
+    MergeStacks: requires(P.GAME_PLAY, run_rule),
+    SortCompartment: requires(P.GAME_PLAY, run_rule),
+    DestroyItem: requires(P.GAME_PLAY, run_rule),
+    UseItem: requires(P.GAME_PLAY, run_rule),
+    GetStats: requires(P.GAME_PLAY, get_stats),
+    GrantItem: requires(P.ITEMS_GRANT, grant_item),
 }

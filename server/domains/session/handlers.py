@@ -1,4 +1,9 @@
-"""Session handlers: hello (authenticate, load the player, welcome or resume) and ping."""
+"""Session handlers: hello (authenticate, load the player, welcome or resume) and ping.
+
+``session.hello`` carries an access token (``gha_...``, from ``auth.login`` and friends),
+an API key (``ghk_...``: a service session with the key's permissions and no player), or,
+only while ``dev_auth`` is on, a development token (``dev:<name>``, ``dev-admin:<name>``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,10 @@ from protocol import PROTOCOL_VERSION
 from protocol.errors import ConflictError, UnauthenticatedError, UnavailableError
 from protocol.messages import Ping, Pong, SessionHello, SessionWelcome
 from protocol.model import AnyEffect, PlayerState
-from server.dispatch import HandlerMap
+from server.dispatch import HandlerMap, public, requires
+from server.domains.accounts.principal import Principal
+from server.domains.accounts.rules import Permission
+from server.domains.accounts.service import Client
 
 if TYPE_CHECKING:
     from server.session import Session
@@ -23,20 +31,20 @@ _DEV_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DEV_ROLES = {"dev": frozenset({"player"}), "dev-admin": frozenset({"player", "admin"})}
 
 
-def _dev_identity(token: str, dev_auth: bool) -> tuple[str, frozenset[str]]:
+def _dev_identity(token: str, dev_auth: bool) -> tuple[str, frozenset[str]] | None:
     """The player name and roles a development token stands for: ``dev:<name>`` is a
-    player, ``dev-admin:<name>`` a player with the admin role.
+    player, ``dev-admin:<name>`` a player with the admin role. None: not a dev token.
 
     Raises:
-        UnauthenticatedError: dev auth is off, or the token has neither form.
+        UnauthenticatedError: a dev token while dev auth is off, or a malformed one.
     """
-    if not dev_auth:
-        raise UnauthenticatedError(
-            "no authentication backend accepts this token (dev auth is disabled)"
-        )
-    prefix, _, name = token.partition(":")
+    prefix, colon, name = token.partition(":")
     roles = _DEV_ROLES.get(prefix)
-    if roles is None or not _DEV_NAME.match(name):
+    if not colon or roles is None:
+        return None
+    if not dev_auth:
+        raise UnauthenticatedError("development tokens are not accepted (dev auth is disabled)")
+    if not _DEV_NAME.match(name):
         raise UnauthenticatedError(
             "dev tokens look like dev:<name> or dev-admin:<name> ([A-Za-z0-9_.-], 1-64)"
         )
@@ -51,20 +59,35 @@ async def hello(session: Session, msg: SessionHello) -> SessionWelcome:
         UnauthenticatedError: the token is not accepted.
         UnavailableError: the database cannot be reached.
     """
-    if session.player is not None:
+    if session.principal is not None:
         raise ConflictError("this connection already said hello")
     app = session.app
-    name, roles = _dev_identity(msg.token, app.settings.dev_auth)
+    dev = _dev_identity(msg.token, app.settings.dev_auth)
     try:
-        async with app.pool.acquire() as conn:
-            player_id = await get_or_create_player(conn, name)
+        if dev is not None:
+            name, roles = dev
+            principal = Principal("dev", roles=roles)
+            async with app.pool.acquire() as conn:
+                player_id = await get_or_create_player(conn, name)
+        else:
+            found = await app.accounts.authenticate(
+                msg.token, Client(session.client_ip, session.user_agent)
+            )
+            if found is None:
+                raise UnauthenticatedError("token is invalid, expired or revoked")
+            principal, player_id, name = found
+        if principal.kind == "api_key":
+            if session.principal is not None:
+                raise ConflictError("this connection already said hello")
+            session.authenticate(principal)
+            return _welcome(session, msg, 0, 0)
         live = await app.hub.acquire(player_id, name)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise UnavailableError("player store unavailable", reason=type(exc).__name__) from None
-    if session.player is not None:  # a second hello raced this one while it awaited
+    if session.principal is not None:  # a second hello raced this one while it awaited
         raise ConflictError("this connection already said hello")
     session.player = live
-    session.roles = roles
+    session.authenticate(principal)
     app.hub.attach(live, session)
     if msg.resume is not None:
         effects = await app.hub.effects_since(live, msg.resume)
@@ -92,7 +115,7 @@ def _welcome(
         tick=app.tick(),
         player_id=player_id,
         version=version,
-        resumed=state is None,
+        resumed=effects is not None,
         state=state,
         effects=effects,
     )
@@ -103,4 +126,7 @@ async def ping(session: Session, msg: Ping) -> Pong:
     return Pong(rid=msg.rid, tick=session.app.tick())
 
 
-HANDLERS: HandlerMap = {SessionHello: hello, Ping: ping}
+HANDLERS: HandlerMap = {
+    SessionHello: public(hello),
+    Ping: requires(Permission.SESSION, ping),
+}
