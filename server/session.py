@@ -92,6 +92,8 @@ class Session:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self.aborted = False
+        self._handling = 0  # requests in progress (one at a time, unless a test pipelines)
+        self._close_after: tuple[int, str] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -146,11 +148,27 @@ class Session:
             )
             return
         app.request_started()
+        self._handling += 1
         try:
             reply = await app.dispatcher.dispatch(self, msg)
         finally:
             app.request_finished()
+            self._handling -= 1
         await self.reply(reply)
+        if self._close_after is not None and not self._handling:
+            code, reason = self._close_after
+            self._close_after = None
+            await self.close(code, reason)
+
+    def revoke(self, code: int, reason: str) -> None:
+        """The principal lost its right to this connection (logout, ban, revoked key): no
+        further message is allowed, and the socket is closed — after the reply to the
+        request in progress, if any (``auth.logout`` is answered, then closed)."""
+        self.permissions = frozenset()
+        if self._handling:
+            self._close_after = (code, reason)
+        else:
+            asyncio.get_running_loop().create_task(self.close(code, reason))
 
     def _refuse_if_limited(self, rid: int | None) -> bool:
         retry_after_ms = self._bucket.take(time.monotonic())

@@ -129,14 +129,20 @@ class AuthBus:
             elif kind == "ban":
                 self._close(self.by_account.get(notice["account_id"], ()), "account banned")
             elif kind == "roles":
-                for session in self.by_account.get(notice["account_id"], ()):
-                    if session.principal is not None:
-                        session.principal.roles = frozenset(notice["roles"])
-                        session.permissions = session.principal.permissions
+                self.apply_roles(notice["account_id"], notice["roles"])
             elif kind == "api_key_revoked":
                 self._close(self.by_api_key.get(notice["key_id"], ()), "API key revoked")
         except (ValueError, KeyError, TypeError):
             log.error("unreadable auth notice: %r", payload)
+
+    def apply_roles(self, account_id: int, roles: list[str]) -> None:
+        """The account's roles changed: its sessions here act with the new ones from their
+        next message. Called by the handler that changed them (so this node applies the
+        change before answering) and again by the notice (idempotent), for other nodes."""
+        for session in self.by_account.get(account_id, ()):
+            if session.principal is not None and session.permissions:
+                session.principal.roles = frozenset(roles)
+                session.permissions = session.principal.permissions
 
     def _close_sessions(self, session_ids: list[int], reason: str) -> None:
         for session_id in session_ids:
@@ -145,9 +151,7 @@ class AuthBus:
     def _close(self, sessions: object, reason: str) -> None:
         assert isinstance(sessions, set | tuple)
         for session in list(sessions):
-            # Nothing more is done for it: permissions go now, the socket right after.
-            session.permissions = frozenset()
-            asyncio.get_running_loop().create_task(session.close(CLOSE_POLICY, reason))
+            session.revoke(CLOSE_POLICY, reason)
 
 
 def _reason(raw: object) -> str:

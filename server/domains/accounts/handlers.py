@@ -426,7 +426,9 @@ async def _change_roles(
             details={"role": role, "roles": roles},
         )
         account = await _target(conn, account_id)
-        return await _view(session, conn, account, rid, reveal=False)
+        view = await _view(session, conn, account, rid, reveal=False)
+    session.app.auth_bus.apply_roles(account_id, roles)
+    return view
 
 
 async def grant_role(session: Session, msg: GrantRole) -> AccountView:

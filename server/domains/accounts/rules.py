@@ -47,6 +47,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 # An API key acts for a service, never as a player: these stay with people.
 API_KEY_FORBIDDEN = frozenset({P.GAME_PLAY, P.ACCOUNT_SELF})
+# What every player holds: not power over others, so not compared by check_may_manage.
+PERSONAL = frozenset({P.SESSION, P.GAME_PLAY, P.ACCOUNT_SELF, P.MARKET_SELL})
 
 
 def permissions_for(roles: Iterable[str]) -> frozenset[Permission]:
@@ -61,13 +63,14 @@ def permissions_for(roles: Iterable[str]) -> frozenset[Permission]:
 
 
 def check_may_manage(actor: frozenset[Permission], target_roles: Iterable[str]) -> None:
-    """An actor may ban or change the roles of an account only if it holds every permission
-    the account's roles give: a moderator cannot ban an admin.
+    """An actor may ban or change the roles of an account only if it holds every staff
+    permission the account's roles give: a moderator cannot ban an admin, or a support
+    agent (who can read the audit log, which a moderator cannot).
 
     Raises:
         ForbiddenError: the target outranks the actor.
     """
-    if not permissions_for(target_roles) <= actor:
+    if not permissions_for(target_roles) - PERSONAL <= actor:
         raise ForbiddenError("that account holds permissions you do not")
 
 
