@@ -68,7 +68,7 @@ def error(reply: dict[str, Any], code: str) -> dict[str, Any]:
     return reply
 
 
-# --- sign-up and login ----------------------------------------------------------------------
+# --- sign-up and login ---------------------------------------------------------------------------
 
 
 async def test_register_then_hello_with_the_access_token(url: str, db: asyncpg.Connection) -> None:
@@ -175,7 +175,7 @@ async def test_signups_are_limited_per_address(make_settings: Any) -> None:
         await app.stop()
 
 
-# --- tokens ------------------------------------------------------------------------------------
+# --- tokens --------------------------------------------------------------------------------------
 
 
 async def test_forged_expired_and_wrong_kind_tokens_are_refused(
@@ -294,7 +294,7 @@ async def test_list_and_revoke_own_sessions(url: str) -> None:
     await client.close()
 
 
-# --- MFA -------------------------------------------------------------------------------------------
+# --- MFA -----------------------------------------------------------------------------------------
 
 
 async def enable_mfa(url: str, access_token: str) -> tuple[pyotp.TOTP, list[str], Client]:
@@ -303,8 +303,8 @@ async def enable_mfa(url: str, access_token: str) -> tuple[pyotp.TOTP, list[str]
     assert enrol["otpauth_uri"].startswith("otpauth://totp/")
     totp = pyotp.TOTP(enrol["secret"])
     # Confirming with a wrong code changes nothing.
-    error(await client.request("mfa.confirm", code="000000" if totp.now() != "000000" else "111111"),
-          "unauthenticated")  # fmt: skip
+    wrong = "000000" if totp.now() != "000000" else "111111"
+    error(await client.request("mfa.confirm", code=wrong), "unauthenticated")
     codes = await client.request("mfa.confirm", code=totp.now())
     assert codes["t"] == "mfa.recovery_codes" and len(codes["codes"]) == 10
     return totp, codes["codes"], client
@@ -331,8 +331,10 @@ async def test_mfa_login_needs_a_fresh_code_or_a_recovery_code(
     stored = await db.fetch("SELECT code_hash FROM mfa_recovery_codes")
     assert len(stored) == 10 and all(recovery[1].encode() not in bytes(r[0]) for r in stored)
     # Disabling needs the password again and a second factor.
-    error(await client.request("mfa.disable", password="wrong password!", recovery_code=recovery[1]),
-          "unauthenticated")  # fmt: skip
+    reply = await client.request(
+        "mfa.disable", password="wrong password!", recovery_code=recovery[1]
+    )
+    error(reply, "unauthenticated")
     error(await client.request("mfa.disable", password=PASSWORD), "bad_request")
     assert (await client.request("mfa.disable", password=PASSWORD, recovery_code=recovery[1]))[
         "t"
@@ -349,7 +351,7 @@ async def test_mfa_login_needs_a_fresh_code_or_a_recovery_code(
     await client.close()
 
 
-# --- device accounts and profiles ------------------------------------------------------------------
+# --- device accounts and profiles ----------------------------------------------------------------
 
 
 async def test_device_login_then_link_an_email(url: str) -> None:
@@ -404,7 +406,7 @@ async def test_profile_fields_are_validated_and_names_unique(url: str) -> None:
     await ola.close()
 
 
-# --- staff: bans, roles, audit, API keys -------------------------------------------------------------
+# --- staff: bans, roles, audit, API keys ---------------------------------------------------------
 
 
 async def staff(url: str) -> Client:
