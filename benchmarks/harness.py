@@ -34,6 +34,14 @@ GEARHALL = Path(sys.executable).parent / "gearhall"
 BENCH_ENV = {
     "GEARHALL_RATE_LIMIT_PER_S": "1000000",
     "GEARHALL_RATE_LIMIT_BURST": "1000000",
+    # Every benchmark client comes from 127.0.0.1: the per-address limits that protect a
+    # production server from one abusive address would refuse the load generator.
+    "GEARHALL_MAX_SOCKETS_PER_IP": "1000000",
+    "GEARHALL_HANDSHAKES_PER_IP_PER_S": "1000000",
+    "GEARHALL_HANDSHAKE_BURST_PER_IP": "1000000",
+    "GEARHALL_SIGNUPS_PER_IP_PER_HOUR": "1000000",
+    # idle_bench holds connections that never say hello
+    "GEARHALL_HELLO_TIMEOUT_S": "86400",
 }
 
 

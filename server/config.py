@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     handshake_burst_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 40
     http_body_max_bytes: Annotated[int, msgspec.Meta(ge=256)] = 16 * 1024
     # accounts
+    # A connection that has not said a successful session.hello by then is closed (1008):
+    # unauthenticated sockets cost memory and file descriptors and do nothing.
+    hello_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     access_token_ttl_s: Annotated[int, msgspec.Meta(ge=10)] = 15 * 60
     session_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 30 * 24 * 3600
     # argon2id; defaults are OWASP's second recommendation (19 MiB, 2 passes, 1 lane),

@@ -90,6 +90,7 @@ class Session:
         # monotonic time the current write began; 0.0 while no write is in progress
         self.send_started = 0.0
         self._writer: asyncio.Task[None] | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.aborted = False
         self._handling = 0  # requests in progress (one at a time, unless a test pipelines)
@@ -101,10 +102,22 @@ class Session:
         self._writer = asyncio.create_task(
             self._write_loop(), name=f"writer {self.transport.remote}"
         )
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            self.app.settings.hello_timeout_s, self._hello_overdue
+        )
+
+    def _hello_overdue(self) -> None:
+        if self.principal is None and not self._closing:
+            log.info("closing %s: no session.hello in time", self.transport.remote)
+            asyncio.get_running_loop().create_task(
+                self.close(CLOSE_POLICY, "no session.hello in time")
+            )
 
     async def finish(self) -> None:
         """The transport is gone: stop the writer and leave the player."""
         self._closing = True
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,6 +141,8 @@ class Session:
         self.principal = principal
         self.permissions = principal.permissions
         self.app.auth_bus.track(self)
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
 
     # --- inbound ----------------------------------------------------------------------------
 

@@ -204,6 +204,25 @@ async def test_dev_tokens_are_refused_when_dev_auth_is_off(make_settings: Any) -
         await app.stop()
 
 
+async def test_a_socket_that_never_says_hello_is_closed(make_settings: Any) -> None:
+    app = App(make_settings(hello_timeout_s=0.3))
+    await app.start()
+    try:
+        url = f"ws://127.0.0.1:{app.port}"
+        idle = await Client.open(url)
+        tokens = await register(url, "una@example.com")  # pre-session messages do not count
+        player, _ = await signed_in(url, tokens["access_token"])
+        later = await Client.open(url)
+        assert await closed_with(idle, deadline=5.0) == (1008, "no session.hello in time")
+        # ``later`` opened after the player: once it is closed, the player's deadline has
+        # passed too, and the player, who said hello, is still connected.
+        assert await closed_with(later, deadline=5.0) == (1008, "no session.hello in time")
+        assert (await player.request("ping"))["t"] == "pong"
+        await player.close()
+    finally:
+        await app.stop()
+
+
 async def test_refresh_rotates_and_reuse_revokes_the_family(url: str) -> None:
     first = await register(url, "gus@example.com")
     client, _ = await signed_in(url, first["access_token"])
