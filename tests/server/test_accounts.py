@@ -546,3 +546,37 @@ async def test_api_keys_are_scoped_hashed_and_revocable(url: str, db: asyncpg.Co
     error(await admin.request("admin.revoke_api_key", key_id=created["key_id"]), "not_found")
     await again.close()
     await admin.close()
+
+
+async def test_a_missed_notice_is_caught_by_the_sweep(
+    app: App, url: str, db: asyncpg.Connection
+) -> None:
+    tokens = await register(url, "vic@example.com")
+    client, _ = await signed_in(url, tokens["access_token"])
+    # Revoked behind the bus's back (no NOTIFY): nothing happens until a sweep.
+    await db.execute("UPDATE auth_sessions SET revoked_at = now()")
+    assert (await client.request("ping"))["t"] == "pong"
+    await app.auth_bus.sweep()
+    assert (await closed_with(client))[0] == 1008
+
+
+async def test_the_notice_connection_reconnects_and_sweeps(
+    app: App, url: str, db: asyncpg.Connection
+) -> None:
+    tokens = await register(url, "wes@example.com")
+    client, _ = await signed_in(url, tokens["access_token"])
+    # Kill the bus's listening connection, then revoke while it is down.
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+    )
+    assert killed == 1
+    await db.execute("UPDATE auth_sessions SET revoked_at = now()")
+    # The bus notices the lost connection, reconnects and sweeps; no other event is
+    # visible to the client than its socket closing.
+    assert (await closed_with(client, deadline=5.0))[0] == 1008
+    # And it listens again: a notified revocation reaches a new socket.
+    again = await login(url, "wes@example.com")
+    second, _ = await signed_in(url, again["access_token"])
+    assert (await second.request("auth.logout"))["t"] == "ok"
+    assert (await closed_with(second))[0] == 1008

@@ -9,7 +9,9 @@ Delivery takes milliseconds; the 1-second promise holds with margin.
 
 If the listening connection drops, notices sent meanwhile are lost: after reconnecting, the
 node re-checks every login session it has open against the database (one query) and closes
-those no longer valid, so a missed notice costs at most the reconnect time.
+those no longer valid. The same sweep also runs every ``SWEEP_PERIOD_S``, which bounds any
+other way to miss a notice (a revocation committed between a hello's token check and the
+socket joining the index).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from server.session import Session
 
 log = logging.getLogger("gearhall.accounts")
+
+SWEEP_PERIOD_S = 10.0
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class AuthBus:
@@ -88,7 +93,15 @@ class AuthBus:
 
     async def _keep_listening(self) -> None:
         while True:
-            await self._lost.wait()
+            try:
+                async with asyncio.timeout(SWEEP_PERIOD_S):
+                    await self._lost.wait()
+            except TimeoutError:
+                try:
+                    await self.sweep()
+                except _DB_ERRORS as exc:
+                    log.warning("auth sweep failed: %s", exc)
+                continue
             self._lost.clear()
             log.warning("auth notice connection lost; reconnecting")
             delay = 0.1
@@ -97,7 +110,7 @@ class AuthBus:
                     await self._connect()
                     await self.sweep()
                     break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except _DB_ERRORS as exc:
                     log.warning("auth notice reconnect failed: %s", exc)
                     await asyncio.sleep(delay)
                     delay = min(5.0, delay * 2)
