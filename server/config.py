@@ -101,12 +101,19 @@ class ConfigError(ValueError):
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
 
 
+_LIST_FIELDS = {name for name, f in _FIELDS.items() if getattr(f.type, "__origin__", None) is list}
+
+
 def _from_env(environ: dict[str, str]) -> dict[str, object]:
+    """Environment values as strings (converted by msgspec); list settings are
+    comma-separated (``GEARHALL_ALLOWED_ORIGINS=https://a.example,https://b.example``)."""
     values: dict[str, object] = {}
     for name in _FIELDS:
         raw = environ.get(f"GEARHALL_{name.upper()}")
         if raw is not None:
-            values[name] = raw
+            values[name] = (
+                [v.strip() for v in raw.split(",") if v.strip()] if (name in _LIST_FIELDS) else raw
+            )
     return values
 
 

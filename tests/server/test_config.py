@@ -1,0 +1,25 @@
+"""Configuration sources: list settings from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.config import ConfigError, load_settings
+
+
+def test_list_settings_are_comma_separated_in_the_environment() -> None:
+    settings = load_settings(
+        environ={
+            "GEARHALL_ALLOWED_ORIGINS": "https://play.example, https://beta.example,",
+            "GEARHALL_TRUSTED_PROXIES": "",
+        }
+    )
+    assert settings.allowed_origins == ["https://play.example", "https://beta.example"]
+    assert settings.trusted_proxies == []
+
+
+def test_flags_and_files_give_lists_as_lists() -> None:
+    settings = load_settings({"trusted_proxies": ["10.0.0.1"]}, environ={})
+    assert settings.trusted_proxies == ["10.0.0.1"]
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        load_settings({"trusted_proxies": "10.0.0.1"}, environ={})
