@@ -571,6 +571,14 @@ async def query_audit(
     return rows
 
 
+async def account_of_player(conn: asyncpg.Connection, player_id: int) -> int | None:
+    """The account a player belongs to (None for development players)."""
+    account_id: int | None = await conn.fetchval(
+        "SELECT id FROM accounts WHERE player_id = $1", player_id
+    )
+    return account_id
+
+
 async def last_login_ip(conn: asyncpg.Connection, account_id: int) -> str | None:
     ip: str | None = await conn.fetchval(
         "SELECT ip FROM auth_sessions WHERE account_id = $1 ORDER BY id DESC LIMIT 1", account_id

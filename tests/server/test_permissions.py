@@ -541,6 +541,8 @@ async def _verify_grant_item(
     assert reply["version"] > prep.extra["version"]
     # Acknowledged means durable.
     assert await durable_version(w.db, prep.target.player_id) == reply["version"]
+    target = prep.target.account_id
+    assert await audit_after(w.db, before) == [("items_granted", *w.actor_columns(who), target)]
 
 
 CASES: dict[str, Case] = {

@@ -4,11 +4,13 @@ read or change the same player state."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import asyncpg
 
 from persistence.players import player_name
+from persistence.repos import accounts as accounts_repo
 from protocol.base import Request
 from protocol.errors import NotFoundError, UnavailableError
 from protocol.messages import (
@@ -33,6 +35,8 @@ from sim.rules import RULES
 
 if TYPE_CHECKING:
     from server.session import Session
+
+log = logging.getLogger("gearhall.inventory")
 
 
 async def run_rule(session: Session, msg: Request) -> EffectsReply:
@@ -96,13 +100,42 @@ async def grant_item(session: Session, msg: GrantItem) -> GrantItemReply:
             await app.hub.wait_durable(target, version)
     finally:
         app.hub.unpin(target)
+    item_ids = [e.item.id for e in effects if isinstance(e, ItemCreated)]
+    if effects:  # staff and services moving value are on record (a replay added nothing)
+        await _audit_grant(session, msg, item_ids)
     return GrantItemReply(
         rid=msg.rid,
         player_id=msg.player_id,
         version=version,
-        item_ids=[e.item.id for e in effects if isinstance(e, ItemCreated)],
+        item_ids=item_ids,
         replayed=not effects,
     )
+
+
+async def _audit_grant(session: Session, msg: GrantItem, item_ids: list[int]) -> None:
+    """The audit entry of a grant, after it is durable. Best effort: the grant itself is
+    acknowledged by the journal; a failed audit write is logged, not turned into an error
+    for a grant that happened."""
+    actor = session.principal
+    assert actor is not None
+    try:
+        async with session.app.pool.acquire() as conn:
+            await accounts_repo.audit(
+                conn,
+                "items_granted",
+                **actor.audit_actor(),
+                target_account_id=await accounts_repo.account_of_player(conn, msg.player_id),
+                ip=session.client_ip,
+                details={
+                    "player_id": msg.player_id,
+                    "template": msg.template,
+                    "qty": msg.qty,
+                    "item_ids": item_ids,
+                    "idempotency_key": msg.idempotency_key,
+                },
+            )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        log.exception("audit entry for grant %s not written", msg.idempotency_key)
 
 
 HANDLERS: HandlerMap = {
