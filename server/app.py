@@ -21,12 +21,14 @@ from persistence.catalog import active_or_store, read_catalog_file, store_catalo
 from persistence.embedded import EmbeddedPostgres, start_embedded
 from persistence.journal import Journal, JournalMetrics
 from persistence.migrate import migrate
+from server.abuse import IpLimits
 from server.config import Settings
 from server.dispatch import Dispatcher, merge_handlers
 from server.domains.accounts.bus import AuthBus
 from server.domains.accounts.handlers import HANDLERS as ACCOUNTS
 from server.domains.accounts.http import ROUTES as ACCOUNT_ROUTES
 from server.domains.accounts.oidc import HANDLERS as OIDC
+from server.domains.accounts.oidc import HTTP_ROUTES as OIDC_ROUTES
 from server.domains.accounts.service import Accounts
 from server.domains.inventory.handlers import HANDLERS as INVENTORY
 from server.domains.session.handlers import HANDLERS as SESSION
@@ -97,7 +99,8 @@ class App:
         self.tls: ssl.SSLContext | None = None
         self._driver_task: asyncio.Task[None] | None = None
         # POST endpoints on the game port (server/front.py serves them), by path
-        self.post_routes: dict[str, PostHandler] = dict(ACCOUNT_ROUTES)
+        self.post_routes: dict[str, PostHandler] = {**ACCOUNT_ROUTES, **OIDC_ROUTES}
+        self.ip_limits = IpLimits(settings)  # abuse limits before the upgrade, per client IP
         self.accounts = Accounts(self)
         self.auth_bus = AuthBus(self)
 

@@ -3,6 +3,7 @@ an optional TOML file over defaults (DESIGN.md §7). ``gearhall config show`` pr
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -145,16 +146,30 @@ def load_settings(
         raise ConfigError(f"invalid configuration: {exc}") from None
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise ConfigError("invalid configuration: tls_cert_file and tls_key_file go together")
+    if settings.oidc_issuer is not None and settings.oidc_client_id is None:
+        raise ConfigError("invalid configuration: oidc_issuer needs oidc_client_id")
+    for proxy in settings.trusted_proxies:
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            raise ConfigError(
+                f"invalid configuration: trusted_proxies: {proxy!r} is not an IP address"
+            ) from None
     return settings
 
 
+_SECRETS = frozenset({"oidc_client_secret"})
+
+
 def render(settings: Settings) -> str:
-    """TOML-ish ``key = value`` lines (the database password, if any, is masked)."""
+    """TOML-ish ``key = value`` lines (secrets and the database password are masked)."""
     lines = []
     for name, value in msgspec.structs.asdict(settings).items():
         shown = (
             _mask_password(value) if name == "database_url" and isinstance(value, str) else value
         )
+        if name in _SECRETS and value is not None:
+            shown = "***"
         lines.append(f"{name} = {msgspec.json.encode(shown).decode()}")
     return "\n".join(lines)
 

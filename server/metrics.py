@@ -79,6 +79,18 @@ class Metrics:
             "gearhall_db_pool_connections_in_use", "Pool connections checked out", registry=r
         )
         self.players_online = Gauge("gearhall_players_loaded", "Players held in memory", registry=r)
+        self.handshakes_refused = Counter(
+            "gearhall_handshakes_refused",
+            "Upgrades and POSTs refused by the per-IP abuse limits (server/abuse.py)",
+            ["reason"],
+            registry=r,
+        )
+        self.front_door_responses = Counter(
+            "gearhall_front_door_responses",
+            "HTTP answers of the front door: POST endpoints, preflights, refused requests",
+            ["path", "status"],
+            registry=r,
+        )
 
         self._sent: dict[type[ServerMessage], Counter] = {}
 

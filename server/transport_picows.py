@@ -22,9 +22,17 @@ ping/pong in C, and hands each frame to a synchronous callback; it leaves the re
   write exactly as with ``websockets``. When several frames are queued for a client, they go
   out in one ``write`` (:meth:`PicowsTransport.send_batch`).
 - **HTTP on the same port.** The handshake callback is synchronous, so it asks
-  :func:`server.handshake.route` (health, readiness, metrics, 404, 503, 400) like the
-  ``websockets`` adapter does, and answers non-upgrade requests with picows' plain
-  responses.
+  :func:`server.handshake.route` (health, readiness, metrics, 404, 503, the per-IP abuse
+  limits, 400) like the ``websockets`` adapter does, and answers non-upgrade requests with
+  picows' plain responses.
+- **The front door first.** The listening socket's protocol is :class:`server.front.
+  FrontDoor`, not picows': it reads the request head, serves POSTs itself, and hands a GET
+  over to a ``WSProtocol`` built here as ``picows.ws_create_server`` builds one, with the
+  bytes it read. ``WSProtocol`` is an internal of picows (pinned below 3); its
+  constructor's arguments are those of picows 2.3.
+- **Sockets per IP.** A game connection counts against its IP's allowance from
+  ``on_ws_connected`` to ``on_ws_disconnected``; the allowance is checked by ``route`` in
+  the same synchronous call that connects, so no other handshake comes in between.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from picows import (
     WSAutoPingStrategy,
@@ -46,11 +55,12 @@ from picows import (
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
+from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in picows' stubs
 from websockets.asyncio.messages import MAX_FRAGMENTS
 
 from protocol.codec import CODECS
+from server.front import REQUEST_TIMEOUT_S, FrontDoor
 from server.handshake import HttpAnswer, offered_subprotocols, route
 from server.session import Session
 
@@ -244,10 +254,11 @@ _PICOWS_CODES = frozenset(c.value for c in WSCloseCode)
 class _GameListener(_MessageListener):
     """One game client: messages go to its :class:`Session`, one at a time, in order."""
 
-    def __init__(self, app: App, subprotocol: str) -> None:
+    def __init__(self, app: App, subprotocol: str, client_ip: str) -> None:
         super().__init__(app.settings.max_frame_bytes)
         self._app = app
         self._subprotocol = subprotocol
+        self._client_ip = client_ip
         self._inbox: collections.deque[bytes | str] = collections.deque()
         # The pump's wake-up while the inbox is empty: a bare future, cheaper than an Event.
         self._waiter: asyncio.Future[None] | None = None
@@ -262,6 +273,7 @@ class _GameListener(_MessageListener):
         self.ws = ws
         self.transport = PicowsTransport(ws, min(5.0, app.settings.write_timeout_s))
         self.session = Session(app, self.transport, CODECS[self._subprotocol])
+        app.ip_limits.socket_opened(self._client_ip)
         app.sessions.add(self.session)
         app.metrics.connections.inc()
         app.metrics.connections_total.inc()
@@ -321,6 +333,7 @@ class _GameListener(_MessageListener):
         if session is None:
             return
         app = self._app
+        app.ip_limits.socket_closed(self._client_ip)
         app.sessions.discard(session)
         app.metrics.connections.dec()
         asyncio.get_running_loop().create_task(self._finish(session))
@@ -365,9 +378,28 @@ class PicowsListener:
         await self._server.wait_closed()
 
 
+def feed(protocol: asyncio.BufferedProtocol, transport: asyncio.Transport, data: bytes) -> None:
+    """Give ``data`` to ``protocol`` as if it had been read from the socket: a buffered
+    protocol's buffer may be smaller than ``data`` (picows grows its own as it fills).
+
+    Raises:
+        RuntimeError: the protocol offers no room at all.
+    """
+    view = memoryview(data)
+    while view and not transport.is_closing():  # closed: it has answered, the rest is moot
+        with memoryview(protocol.get_buffer(len(view))) as buffer:
+            size = min(len(buffer), len(view))
+            if not size:
+                raise RuntimeError("the protocol's read buffer is full")
+            buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]
+
+
 async def start_server(app: App) -> PicowsListener:
     settings = app.settings
     server_header = f"gearhall/{app.version}"
+    picows_logger = logging.getLogger("picows.gearhall.picows")
 
     def answer(decision: HttpAnswer) -> WSUpgradeResponseWithListener:
         status = decision.status
@@ -375,6 +407,7 @@ async def start_server(app: App) -> PicowsListener:
             "Content-Type": decision.content_type,
             "Cache-Control": "no-store",
             "Server": server_header,
+            **dict(decision.headers),
         }
         if status >= 400:
             response = WSUpgradeResponse.create_error_response(status, decision.body, headers)
@@ -383,39 +416,62 @@ async def start_server(app: App) -> PicowsListener:
             response.status = status
         return WSUpgradeResponseWithListener(response, None)
 
-    def listener_factory(request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
-        path = request.path.decode("latin-1").split("?", 1)[0]
-        headers = request.headers
-        is_upgrade = headers.get("Upgrade", "").lower() == "websocket"
-        offered = offered_subprotocols(headers.getall("Sec-WebSocket-Protocol", []))
-        decision = route(app, path, is_upgrade, offered)
-        if isinstance(decision, HttpAnswer):
-            return answer(decision)
-        extra = {"Server": server_header}
-        if decision.echo:
-            listener: _MessageListener = _EchoListener(settings.max_frame_bytes)
-        else:
-            assert decision.subprotocol is not None
-            extra["Sec-WebSocket-Protocol"] = decision.subprotocol
-            listener = _GameListener(app, decision.subprotocol)
-        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), listener)
+    def router(client_ip: str) -> Callable[[WSUpgradeRequest], WSUpgradeResponseWithListener]:
+        """picows' listener factory for one connection from ``client_ip``."""
 
-    server = await ws_create_server(
-        listener_factory,
+        def listener_factory(request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
+            path = request.path.decode("latin-1").split("?", 1)[0]
+            headers = request.headers
+            is_upgrade = headers.get("Upgrade", "").lower() == "websocket"
+            offered = offered_subprotocols(headers.getall("Sec-WebSocket-Protocol", []))
+            origin = headers.get("Origin")
+            decision = route(app, path, is_upgrade, offered, client_ip=client_ip, origin=origin)
+            if isinstance(decision, HttpAnswer):
+                return answer(decision)
+            extra = {"Server": server_header}
+            if decision.echo:
+                listener: _MessageListener = _EchoListener(settings.max_frame_bytes)
+            else:
+                assert decision.subprotocol is not None
+                extra["Sec-WebSocket-Protocol"] = decision.subprotocol
+                listener = _GameListener(app, decision.subprotocol, client_ip)
+            response = WSUpgradeResponse.create_101_response(extra)
+            return WSUpgradeResponseWithListener(response, listener)
+
+        return listener_factory
+
+    def hand_over(transport: asyncio.Transport, data: bytes, client_ip: str) -> None:
+        # What picows.ws_create_server's protocol factory builds, argument for argument.
+        protocol: Any = WSProtocol(
+            None,  # host and port: a client's
+            None,  # path: a client's
+            False,  # is_client_side
+            router(client_ip),
+            picows_logger,
+            True,  # disconnect_on_exception
+            REQUEST_TIMEOUT_S,  # websocket_handshake_timeout: the head is all there
+            True,  # enable_auto_ping
+            settings.ping_interval_s,  # auto_ping_idle_timeout: the period
+            settings.ping_timeout_s,  # auto_ping_reply_timeout
+            WSAutoPingStrategy.PING_PERIODICALLY,
+            True,  # enable_auto_pong
+            settings.max_frame_bytes,
+            None,  # extra_headers: a client's
+            # picows' default is 16 KiB per connection, allocated up front; game messages
+            # are small and the buffer grows when one is not (benchmarks/idle_bench.py).
+            READ_BUFFER_BYTES,
+        )
+        protocol.connection_made(transport)
+        # asyncio and uvloop both switch to reading into get_buffer for a buffered protocol
+        transport.set_protocol(protocol)
+        feed(protocol, transport, data)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: FrontDoor(app, hand_over),
         settings.host,
         settings.port,
-        max_frame_size=settings.max_frame_bytes,
-        enable_auto_ping=True,
-        auto_ping_idle_timeout=settings.ping_interval_s,
-        auto_ping_reply_timeout=settings.ping_timeout_s,
-        auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY,
-        enable_auto_pong=True,
-        websocket_handshake_timeout=10.0,
-        # picows' default is 16 KiB per connection, allocated up front; game messages are
-        # small and the buffer grows when one is not (benchmarks/idle_bench.py).
-        read_buffer_init_size=READ_BUFFER_BYTES,
-        logger_name="gearhall.picows",
         ssl=app.tls,
-        use_aiofastnet=False,
+        ssl_handshake_timeout=REQUEST_TIMEOUT_S if app.tls is not None else None,
     )
     return PicowsListener(server)

@@ -2,9 +2,22 @@
 
 All it knows of the server is :class:`server.session.Session` (frames in, frames out) and
 the HTTP routes in :mod:`server.http`. A second WebSocket library plugs in the same way.
-What to answer before the upgrade (HTTP endpoints, 404, 503, 400 for no shared subprotocol)
-is decided by :func:`server.handshake.route`, shared with the picows adapter. Messages over
-``max_frame_bytes`` close with 1009.
+What to answer before the upgrade (HTTP endpoints, 404, 503, the per-IP abuse limits, 400
+for no shared subprotocol) is decided by :func:`server.handshake.route`, shared with the
+picows adapter. Messages over ``max_frame_bytes`` close with 1009.
+
+Every connection's first bytes go to the front door (:mod:`server.front`), through
+websockets' ``create_connection`` hook: a ``ServerConnection`` subclass feeds the front
+door until the request is known to be a GET, and websockets from then on, starting with
+the bytes the front door read. A request the front door answers itself (a POST) never
+reaches websockets' parser: its opening-handshake task waits for the connection to close,
+finds no request and ends without a word. websockets' ``open_timeout`` is off, because it
+would run from the accept, across a POST handler: the front door times the request, and
+websockets gets a complete request head at once.
+
+A game connection counts against its IP's socket allowance from the moment
+``process_request`` accepts its upgrade until the TCP connection is lost, whether the
+handshake then succeeds or not.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from protocol.codec import CODECS
+from server.front import REQUEST_TIMEOUT_S, FrontDoor
 from server.handshake import Upgrade, offered_subprotocols, route
 from server.session import Session
 
@@ -96,17 +110,69 @@ async def _echo(conn: ServerConnection) -> None:
 
 async def start_server(app: App) -> WebSocketsListener:
     settings = app.settings
+    limits = app.ip_limits
     # The route process_request chose, for select_subprotocol and the handler to follow;
     # weak, so a handshake that fails after process_request leaves nothing behind.
     upgrades: weakref.WeakKeyDictionary[ServerConnection, Upgrade] = weakref.WeakKeyDictionary()
 
+    class FrontedConnection(ServerConnection):
+        """A connection whose first bytes go through the front door (module docstring)."""
+
+        front: FrontDoor | None = None
+        """Until the request is a GET (then None: websockets has the connection)."""
+        client_ip = ""
+        counted = False
+        """Whether this connection holds one of its IP's sockets."""
+        lost = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.front = FrontDoor(app, self._hand_over)
+            self.front.connection_made(transport)
+
+        def _hand_over(self, transport: asyncio.Transport, data: bytes, client_ip: str) -> None:
+            self.front = None
+            self.client_ip = client_ip
+            super().data_received(data)
+
+        def data_received(self, data: bytes) -> None:
+            if self.front is None:
+                super().data_received(data)
+            else:
+                self.front.data_received(data)
+
+        def eof_received(self) -> bool | None:  # type: ignore[override]
+            if self.front is None:
+                super().eof_received()
+                return None
+            return self.front.eof_received()
+
+        def hold_socket(self) -> None:
+            """Count this connection against its IP's sockets until it is lost."""
+            # process_request may run after the loss (websockets reads the request first)
+            if not self.lost:
+                limits.socket_opened(self.client_ip)
+                self.counted = True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost = True
+            if self.front is not None:
+                self.front.connection_lost(exc)
+            super().connection_lost(exc)
+            if self.counted:
+                limits.socket_closed(self.client_ip)
+
     async def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        assert isinstance(conn, FrontedConnection)
         path = request.path.split("?", 1)[0]
         is_upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         offered = offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))
-        decision = route(app, path, is_upgrade, offered)
+        origin = request.headers.get("Origin")
+        decision = route(app, path, is_upgrade, offered, client_ip=conn.client_ip, origin=origin)
         if isinstance(decision, Upgrade):
             upgrades[conn] = decision
+            if not decision.echo:
+                conn.hold_socket()
             return None
         return Response(
             decision.status.value,
@@ -116,6 +182,7 @@ async def start_server(app: App) -> WebSocketsListener:
                     ("Content-Type", decision.content_type),
                     ("Content-Length", str(len(decision.body))),
                     ("Cache-Control", "no-store"),
+                    *decision.headers,
                 ]
             ),
             decision.body,
@@ -167,6 +234,9 @@ async def start_server(app: App) -> WebSocketsListener:
         close_timeout=min(5.0, settings.write_timeout_s),
         compression=None,
         server_header=f"gearhall/{app.version}",
+        open_timeout=None,  # the front door's REQUEST_TIMEOUT_S (module docstring)
+        create_connection=FrontedConnection,
         ssl=app.tls,
+        ssl_handshake_timeout=REQUEST_TIMEOUT_S if app.tls is not None else None,
     )
     return WebSocketsListener(server)

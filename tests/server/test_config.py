@@ -23,3 +23,21 @@ def test_flags_and_files_give_lists_as_lists() -> None:
     assert settings.trusted_proxies == ["10.0.0.1"]
     with pytest.raises(ConfigError, match="trusted_proxies"):
         load_settings({"trusted_proxies": "10.0.0.1"}, environ={})
+
+
+def test_secrets_are_masked_and_oidc_needs_a_client_id() -> None:
+    from server.config import render
+
+    settings = load_settings(
+        {"oidc_issuer": "https://issuer.example", "oidc_client_id": "game"},
+        environ={"GEARHALL_OIDC_CLIENT_SECRET": "s3cret-value"},
+    )
+    shown = render(settings)
+    assert "s3cret-value" not in shown and 'oidc_client_secret = "***"' in shown
+    with pytest.raises(ConfigError, match="oidc_client_id"):
+        load_settings({"oidc_issuer": "https://issuer.example"}, environ={})
+
+
+def test_trusted_proxies_must_be_addresses() -> None:
+    with pytest.raises(ConfigError, match="not an IP address"):
+        load_settings(environ={"GEARHALL_TRUSTED_PROXIES": "10.0.0.1,lb.internal"})

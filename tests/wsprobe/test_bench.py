@@ -231,6 +231,7 @@ async def tls_url(make_settings: Callable[..., Settings], tmp_path: Path) -> Asy
             tls_key_file=str(key_file),
             rate_limit_per_s=1e6,
             rate_limit_burst=1_000_000,
+            allowed_origins=["https://play.example"],
         )
     )
     yield f"wss://127.0.0.1:{server.port}/"

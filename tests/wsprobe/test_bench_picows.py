@@ -182,7 +182,11 @@ async def test_wss_with_a_ca_and_an_origin(
 ) -> None:
     cert, key, ca = tls_files
     settings = make_settings(
-        tls_cert_file=cert, tls_key_file=key, rate_limit_per_s=1e6, rate_limit_burst=1_000_000
+        tls_cert_file=cert,
+        tls_key_file=key,
+        rate_limit_per_s=1e6,
+        rate_limit_burst=1_000_000,
+        allowed_origins=["https://play.example"],
     )
     async with _server(settings) as app:
         url = f"wss://127.0.0.1:{app.port}/"

@@ -255,6 +255,21 @@ async def test_origin_is_sent_and_a_forbidden_one_is_explained(
     assert origins == ["https://evil.example", ALLOWED_ORIGIN]
 
 
-async def test_origin_reaches_a_real_gearhall_server(url: str) -> None:
-    result = await run_wsprobe("send", url, "ping", "--origin", ALLOWED_ORIGIN, "--token", "dev:o")
-    assert result.code == 0, result
+async def test_origin_reaches_a_real_gearhall_server(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = App(make_settings(allowed_origins=[ALLOWED_ORIGIN]))
+    await app.start()
+    try:
+        url = f"ws://127.0.0.1:{app.port}/"
+        result = await run_wsprobe(
+            "send", url, "ping", "--origin", ALLOWED_ORIGIN, "--token", "dev:o"
+        )
+        assert result.code == 0, result
+        refused = await run_wsprobe(
+            "send", url, "ping", "--origin", "https://elsewhere.example", "--token", "dev:o"
+        )
+        assert refused.code == 2, refused
+        assert "(403)" in refused.err, refused
+    finally:
+        await app.stop()
