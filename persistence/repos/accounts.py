@@ -584,3 +584,93 @@ async def last_login_ip(conn: asyncpg.Connection, account_id: int) -> str | None
         "SELECT ip FROM auth_sessions WHERE account_id = $1 ORDER BY id DESC LIMIT 1", account_id
     )
     return ip
+
+
+# --- external identities (OpenID Connect) -------------------------------------------------------
+
+_OIDC_LOCK_CLASS = 0x01DC
+"""First key of the advisory lock on one (issuer, subject): the two-key space, apart from
+the one-key locks of migrations and the catalog."""
+
+
+@dataclass(frozen=True, slots=True)
+class OidcFlow:
+    code_verifier: str
+    nonce: str
+    redirect_uri: str
+    link_account_id: int | None
+    live: bool
+
+
+async def save_oidc_flow(
+    conn: asyncpg.Connection,
+    state_hash: bytes,
+    *,
+    code_verifier: str,
+    nonce: str,
+    redirect_uri: str,
+    link_account_id: int | None,
+    ttl_s: int,
+) -> None:
+    # Expired flows go as new ones come: the table holds at most ten minutes of starts.
+    await conn.execute("DELETE FROM oidc_flows WHERE expires_at < now()")
+    await conn.execute(
+        """
+        INSERT INTO oidc_flows (state_hash, code_verifier, nonce, redirect_uri,
+                                link_account_id, expires_at)
+        VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+        """,
+        state_hash,
+        code_verifier,
+        nonce,
+        redirect_uri,
+        link_account_id,
+        float(ttl_s),
+    )
+
+
+async def take_oidc_flow(conn: asyncpg.Connection, state_hash: bytes) -> OidcFlow | None:
+    """Consume a flow: whoever deletes it is the only one who gets it."""
+    row = await conn.fetchrow(
+        "DELETE FROM oidc_flows WHERE state_hash = $1 RETURNING code_verifier, nonce, "
+        "redirect_uri, link_account_id, expires_at > now() AS live",
+        state_hash,
+    )
+    if row is None:
+        return None
+    return OidcFlow(
+        row["code_verifier"],
+        row["nonce"],
+        row["redirect_uri"],
+        row["link_account_id"],
+        row["live"],
+    )
+
+
+async def oidc_account(conn: asyncpg.Connection, issuer: str, subject: str) -> int | None:
+    account_id: int | None = await conn.fetchval(
+        "SELECT account_id FROM oidc_identities WHERE issuer = $1 AND subject = $2",
+        issuer,
+        subject,
+    )
+    return account_id
+
+
+async def lock_oidc_identity(conn: asyncpg.Connection, issuer: str, subject: str) -> None:
+    """Serialise the transactions resolving one external identity (until commit), so two
+    first logins of it cannot create two accounts."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))", _OIDC_LOCK_CLASS, f"{issuer}\n{subject}"
+    )
+
+
+async def link_oidc(
+    conn: asyncpg.Connection, issuer: str, subject: str, account_id: int, email: str | None
+) -> None:
+    await conn.execute(
+        "INSERT INTO oidc_identities (issuer, subject, account_id, email) VALUES ($1, $2, $3, $4)",
+        issuer,
+        subject,
+        account_id,
+        email,
+    )

@@ -94,9 +94,6 @@ JWKS_MAX_AGE_S = 3600.0
 MAX_RESPONSE_BYTES = 1 << 20
 STARTS_PER_IP_PER_MINUTE = 20
 """``auth.oidc_start`` stores a row before anyone has authenticated: bounded per address."""
-_LOCK_CLASS = 0x01DC
-"""First key of the advisory lock on one (issuer, subject): the two-key space, apart from
-the one-key locks of migrations and the catalog."""
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _GOOGLE = "https://accounts.google.com"
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -502,68 +499,6 @@ def provider(app: App) -> Provider:
 # --- flows in Postgres ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Flow:
-    code_verifier: str
-    nonce: str
-    redirect_uri: str
-    link_account_id: int | None
-    live: bool
-
-
-async def _save_flow(
-    conn: asyncpg.Connection,
-    state_hash: bytes,
-    *,
-    code_verifier: str,
-    nonce: str,
-    redirect_uri: str,
-    link_account_id: int | None,
-) -> None:
-    # Expired flows go as new ones come: the table holds at most ten minutes of starts.
-    await conn.execute("DELETE FROM oidc_flows WHERE expires_at < now()")
-    await conn.execute(
-        """
-        INSERT INTO oidc_flows (state_hash, code_verifier, nonce, redirect_uri,
-                                link_account_id, expires_at)
-        VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
-        """,
-        state_hash,
-        code_verifier,
-        nonce,
-        redirect_uri,
-        link_account_id,
-        float(FLOW_TTL_S),
-    )
-
-
-async def _take_flow(conn: asyncpg.Connection, state_hash: bytes) -> _Flow | None:
-    """Consume a flow: whoever deletes it is the only one who gets it."""
-    row = await conn.fetchrow(
-        "DELETE FROM oidc_flows WHERE state_hash = $1 RETURNING code_verifier, nonce, "
-        "redirect_uri, link_account_id, expires_at > now() AS live",
-        state_hash,
-    )
-    if row is None:
-        return None
-    return _Flow(
-        row["code_verifier"],
-        row["nonce"],
-        row["redirect_uri"],
-        row["link_account_id"],
-        row["live"],
-    )
-
-
-async def _linked_account(conn: asyncpg.Connection, issuer: str, subject: str) -> int | None:
-    account_id: int | None = await conn.fetchval(
-        "SELECT account_id FROM oidc_identities WHERE issuer = $1 AND subject = $2",
-        issuer,
-        subject,
-    )
-    return account_id
-
-
 async def _link(
     conn: asyncpg.Connection,
     issuer: str,
@@ -573,13 +508,7 @@ async def _link(
     *,
     via: str,
 ) -> None:
-    await conn.execute(
-        "INSERT INTO oidc_identities (issuer, subject, account_id, email) VALUES ($1, $2, $3, $4)",
-        issuer,
-        identity.subject,
-        account.id,
-        identity.email,
-    )
+    await repo.link_oidc(conn, issuer, identity.subject, account.id, identity.email)
     await repo.audit(
         conn,
         "oidc_linked",
@@ -611,12 +540,8 @@ async def _resolve(
         ForbiddenError: that account is banned.
         UnauthenticatedError: the account that started a link no longer exists.
     """
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        _LOCK_CLASS,
-        f"{issuer}\n{identity.subject}",
-    )
-    owner = await _linked_account(conn, issuer, identity.subject)
+    await repo.lock_oidc_identity(conn, issuer, identity.subject)
+    owner = await repo.oidc_account(conn, issuer, identity.subject)
     if link_account_id is not None:
         if owner is not None and owner != link_account_id:
             raise ConflictError("this external identity is already linked to another account")
@@ -646,13 +571,7 @@ async def _resolve(
     if created is None:  # the email was registered meanwhile: the account goes without it
         created = await repo.create(conn)
         assert created is not None
-    await conn.execute(
-        "INSERT INTO oidc_identities (issuer, subject, account_id, email) VALUES ($1, $2, $3, $4)",
-        issuer,
-        identity.subject,
-        created.id,
-        identity.email,
-    )
+    await repo.link_oidc(conn, issuer, identity.subject, created.id, identity.email)
     await repo.audit(
         conn,
         "register",
@@ -689,13 +608,14 @@ async def start(
     link = caller.account_id if caller is not None and caller.kind == "account" else None
     try:
         async with app.pool.acquire() as conn:
-            await _save_flow(
+            await repo.save_oidc_flow(
                 conn,
                 token_hash(state),
                 code_verifier=verifier,
                 nonce=nonce,
                 redirect_uri=redirect_uri,
                 link_account_id=link,
+                ttl_s=FLOW_TTL_S,
             )
     except _DB_ERRORS as exc:
         raise UnavailableError("account store unavailable", reason=type(exc).__name__) from None
@@ -732,7 +652,7 @@ async def finish(
     issuer = provider(app)
     try:
         async with app.pool.acquire() as conn:
-            flow = await _take_flow(conn, token_hash(state))
+            flow = await repo.take_oidc_flow(conn, token_hash(state))
     except _DB_ERRORS as exc:
         raise UnavailableError("account store unavailable", reason=type(exc).__name__) from None
     if flow is None or not flow.live:
