@@ -68,14 +68,14 @@ def error_response(code: ErrorCode, message: str, details: Mapping[str, object])
     return HttpResponse(STATUS.get(code, HTTPStatus.CONFLICT), body, headers=headers)
 
 
-def _client(request: HttpRequest) -> service.Client:
+def http_client(request: HttpRequest) -> service.Client:
     return service.Client(request.remote_ip, request.headers.get("user-agent", "")[:256])
 
 
 R = TypeVar("R", bound=Request)
 
 
-def _body(request: HttpRequest, kind: type[R]) -> R:
+def decode_body(request: HttpRequest, kind: type[R]) -> R:
     """Raises: BadRequestError: not a JSON object of ``kind``'s fields."""
     try:
         fields = msgspec.json.decode(request.body)
@@ -86,7 +86,7 @@ def _body(request: HttpRequest, kind: type[R]) -> R:
         raise BadRequestError(f"invalid body: {exc}") from None
 
 
-def _tokens(reply: Tokens) -> HttpResponse:
+def tokens_response(reply: Tokens) -> HttpResponse:
     return HttpResponse(
         HTTPStatus.OK,
         _json.encode(
@@ -101,7 +101,7 @@ def _tokens(reply: Tokens) -> HttpResponse:
     )
 
 
-def _guarded(fn: PostHandler) -> PostHandler:
+def guarded(fn: PostHandler) -> PostHandler:
     """Turn a GearhallError into its JSON error answer."""
 
     async def run(app: App, request: HttpRequest) -> HttpResponse:
@@ -114,23 +114,29 @@ def _guarded(fn: PostHandler) -> PostHandler:
 
 
 async def register(app: App, request: HttpRequest) -> HttpResponse:
-    return _tokens(await app.accounts.register(_body(request, Register), _client(request)))
+    return tokens_response(
+        await app.accounts.register(decode_body(request, Register), http_client(request))
+    )
 
 
 async def login(app: App, request: HttpRequest) -> HttpResponse:
-    return _tokens(await app.accounts.login(_body(request, Login), _client(request)))
+    return tokens_response(
+        await app.accounts.login(decode_body(request, Login), http_client(request))
+    )
 
 
 async def device(app: App, request: HttpRequest) -> HttpResponse:
-    return _tokens(await app.accounts.device_login(_body(request, DeviceLogin), _client(request)))
+    return tokens_response(
+        await app.accounts.device_login(decode_body(request, DeviceLogin), http_client(request))
+    )
 
 
 async def refresh(app: App, request: HttpRequest) -> HttpResponse:
-    msg = _body(request, Refresh)
-    return _tokens(await app.accounts.refresh(msg.refresh_token, _client(request), 0))
+    msg = decode_body(request, Refresh)
+    return tokens_response(await app.accounts.refresh(msg.refresh_token, http_client(request), 0))
 
 
-def _bearer(request: HttpRequest) -> str | None:
+def bearer_token(request: HttpRequest) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
@@ -141,12 +147,12 @@ async def logout(app: App, request: HttpRequest) -> HttpResponse:
     Raises: UnauthenticatedError: neither names a live session."""
     session_id = None
     async with app.pool.acquire() as conn, conn.transaction():
-        bearer = _bearer(request)
+        bearer = bearer_token(request)
         if bearer is not None and bearer.startswith(service.ACCESS_PREFIX):
             grant = await repo.resolve_access(conn, service.token_hash(bearer))
             session_id = None if grant is None else grant.session_id
         elif request.body.strip():
-            token = _body(request, Refresh).refresh_token
+            token = decode_body(request, Refresh).refresh_token
             row = await repo.lock_refresh(conn, service.token_hash(token))
             if row is not None and row.session_live and not row.used:
                 session_id = row.session_id
@@ -180,10 +186,10 @@ async def rpc(app: App, request: HttpRequest) -> HttpResponse:
     """Any client message, for the caller of the bearer token (see the module docstring)."""
     from server.session import Session  # the session module imports the app's types
 
-    token = _bearer(request)
+    token = bearer_token(request)
     if token is None:
         raise UnauthenticatedError("send Authorization: Bearer <access token or API key>")
-    found = await app.accounts.authenticate(token, _client(request))
+    found = await app.accounts.authenticate(token, http_client(request))
     if found is None:
         raise UnauthenticatedError("token is invalid, expired or revoked")
     principal = found[0]
@@ -207,10 +213,10 @@ async def rpc(app: App, request: HttpRequest) -> HttpResponse:
 
 
 ROUTES: dict[str, PostHandler] = {
-    "/auth/register": _guarded(register),
-    "/auth/login": _guarded(login),
-    "/auth/device": _guarded(device),
-    "/auth/refresh": _guarded(refresh),
-    "/auth/logout": _guarded(logout),
-    "/rpc": _guarded(rpc),
+    "/auth/register": guarded(register),
+    "/auth/login": guarded(login),
+    "/auth/device": guarded(device),
+    "/auth/refresh": guarded(refresh),
+    "/auth/logout": guarded(logout),
+    "/rpc": guarded(rpc),
 }

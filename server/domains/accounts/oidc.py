@@ -71,7 +71,13 @@ from protocol.errors import (
 )
 from server.dispatch import HandlerMap, public
 from server.domains.accounts import rules
-from server.domains.accounts.http import _bearer, _body, _client, _guarded, _tokens
+from server.domains.accounts.http import (
+    bearer_token,
+    decode_body,
+    guarded,
+    http_client,
+    tokens_response,
+)
 from server.domains.accounts.principal import Principal
 from server.domains.accounts.service import Client, token_hash
 from server.http import HttpRequest, HttpResponse, PostHandler
@@ -732,10 +738,10 @@ async def _http_caller(app: App, request: HttpRequest) -> Principal | None:
     Raises:
         UnauthenticatedError: a bearer token that is not valid.
     """
-    token = _bearer(request)
+    token = bearer_token(request)
     if token is None:
         return None
-    found = await app.accounts.authenticate(token, _client(request))
+    found = await app.accounts.authenticate(token, http_client(request))
     if found is None:
         raise UnauthenticatedError("token is invalid, expired or revoked")
     return found[0]
@@ -743,21 +749,23 @@ async def _http_caller(app: App, request: HttpRequest) -> Principal | None:
 
 async def http_start(app: App, request: HttpRequest) -> HttpResponse:
     """``POST /auth/oidc/start {"redirect_uri"}`` → ``{"url", "state"}``."""
-    msg = _body(request, OidcStart)
+    msg = decode_body(request, OidcStart)
     caller = await _http_caller(app, request)
-    reply = await start(app, caller, msg.redirect_uri, _client(request), 0)
+    reply = await start(app, caller, msg.redirect_uri, http_client(request), 0)
     body = json.dumps({"url": reply.url, "state": reply.state}).encode()
     return HttpResponse(HTTPStatus.OK, body)
 
 
 async def http_finish(app: App, request: HttpRequest) -> HttpResponse:
     """``POST /auth/oidc/finish {"code", "state"}`` → tokens, as ``/auth/login``."""
-    msg = _body(request, OidcFinish)
+    msg = decode_body(request, OidcFinish)
     caller = await _http_caller(app, request)
-    return _tokens(await finish(app, caller, msg.code, msg.state, client=_client(request), rid=0))
+    return tokens_response(
+        await finish(app, caller, msg.code, msg.state, client=http_client(request), rid=0)
+    )
 
 
 HTTP_ROUTES: dict[str, PostHandler] = {
-    "/auth/oidc/start": _guarded(http_start),
-    "/auth/oidc/finish": _guarded(http_finish),
+    "/auth/oidc/start": guarded(http_start),
+    "/auth/oidc/finish": guarded(http_finish),
 }
