@@ -78,6 +78,8 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     command: list[str] = field(default_factory=lambda: [str(GEARHALL)])
     """How to run ``gearhall`` (an experiment may wrap it, e.g. to tune the interpreter)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra ``GEARHALL_*`` settings for this server (an experiment's variable)."""
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -94,6 +96,7 @@ class ServerProcess:
         self.log_path = self.data_dir / "server.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("GEARHALL_")}
         env.update(BENCH_ENV)
+        env.update(self.env)
         cmd = [
             *self.command,
             "serve",
