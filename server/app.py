@@ -138,7 +138,12 @@ class App:
             metrics=JournalMetrics(on_batch=on_batch, on_retry=lambda exc: m.journal_retries.inc()),
         )
         await self.journal.start()
-        self.driver = TickDriver(s.tick_hz, self._on_tick, on_overrun=m.tick_overruns.inc)
+        self.driver = TickDriver(
+            s.tick_hz,
+            self._on_tick,
+            on_overrun=m.tick_overruns.inc,
+            on_late=m.tick_lateness.observe,
+        )
         self.hub = PlayerHub(
             settings=s,
             catalog=self.catalog,

@@ -43,6 +43,13 @@ class Metrics:
             buckets=_TICK_BUCKETS,
             registry=r,
         )
+        self.tick_lateness = Histogram(
+            "gearhall_tick_lateness_seconds",
+            "How late each tick started after its boundary: event-loop responsiveness "
+            "(a long callback, a collector pause), which tick durations do not show",
+            buckets=_TICK_BUCKETS,
+            registry=r,
+        )
         self.tick_overruns = Counter(
             "gearhall_tick_overruns", "Ticks skipped because a tick ran late", registry=r
         )

@@ -59,11 +59,15 @@ class TickDriver:
         on_tick: Callable[[int], None],
         clock: Clock | None = None,
         on_overrun: Callable[[int], None] | None = None,
+        on_late: Callable[[float], None] | None = None,
     ) -> None:
         self.tick_ms = tick_ms_for(tick_hz)
         self.tick_hz = tick_hz
         self._on_tick = on_tick
         self._on_overrun = on_overrun
+        # Called with how late each tick starts (seconds after its boundary): the event
+        # loop's responsiveness, which a tick's own duration does not show.
+        self._on_late = on_late
         self._clock: Clock = clock or SystemClock()
         # Fixed at construction: wall time at monotonic zero. Tick numbers then advance with
         # the monotonic clock, so a wall-clock step (NTP) cannot make ticks go backwards.
@@ -81,9 +85,12 @@ class TickDriver:
 
         Exposed for tests that drive time by hand; :meth:`run` loops over it.
         """
-        now = self.now_tick()
+        now_ms = self._clock.monotonic() * 1000.0 + self._wall_offset_ms
+        now = int(now_ms // self.tick_ms)
         if now <= self.current:
             return 0
+        if self._on_late is not None:
+            self._on_late((now_ms - now * self.tick_ms) / 1000.0)
         skipped = now - self.current - 1
         if skipped:
             self.stats.overruns += skipped

@@ -396,6 +396,9 @@ async def test_http_endpoints(app: App, url: str) -> None:
         assert time.monotonic() < deadline, "no tick observed"
         await asyncio.sleep(0)
     assert found["gearhall_connections"] == [({}, 1.0)]
+    # Every tick that ran also says how late it started.
+    lateness = found["gearhall_tick_lateness_seconds_count"][0][1]
+    assert lateness >= ticks > 0
     assert ({"tag": "ping"}, 1.0) in found["gearhall_request_duration_seconds_count"]
     assert found["gearhall_journal_batch_rows_count"][0][1] >= 1
     # the starter kit: one journal row per effect

@@ -238,3 +238,16 @@ async def test_run_after_stop_returns_at_once() -> None:
     clock.advance(500)
     await asyncio.wait_for(driver.run(), timeout=5)
     assert ticks == []
+
+
+def test_lateness_is_reported_per_tick() -> None:
+    clock = FakeClock()
+    late: list[float] = []
+    driver = TickDriver(20, lambda tick: None, clock, on_late=late.append)
+    clock.advance(50)  # exactly on the next boundary
+    driver.step()
+    clock.advance(50 + 12)  # 12 ms after the following one
+    driver.step()
+    clock.advance(30)  # still inside that tick: nothing runs, nothing is reported
+    driver.step()
+    assert late == [0.0, pytest.approx(0.012)]
