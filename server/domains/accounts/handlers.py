@@ -4,9 +4,11 @@ keys). Each registration names the permission it needs (server/dispatch.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -82,11 +84,20 @@ def _ms(at: dt.datetime | None) -> int:
     return 0 if at is None else int(at.timestamp() * 1000)
 
 
-def _unavailable(exc: BaseException) -> UnavailableError:
-    return UnavailableError("account store unavailable", reason=type(exc).__name__)
+@contextlib.asynccontextmanager
+async def _db(session: Session, transaction: bool = True) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection (in a transaction, unless told otherwise) for one handler step;
+    the database being unreachable is ``unavailable`` (retry), not ``internal``."""
+    try:
+        async with session.app.pool.acquire() as conn:
+            if transaction:
+                async with conn.transaction():
+                    yield conn
+            else:
+                yield conn
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise UnavailableError("account store unavailable", reason=type(exc).__name__) from None
 
-
-_DB = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # --- before the session ---------------------------------------------------------------------
 
@@ -113,41 +124,33 @@ async def refresh(session: Session, msg: Refresh) -> Tokens:
 async def logout(session: Session, msg: Logout) -> Done:
     """Revoke this login session; this socket closes (after the reply) with the others."""
     me = _me(session)
-    try:
-        async with session.app.pool.acquire() as conn, conn.transaction():
-            assert me.auth_session_id is not None
-            revoked = await repo.revoke_sessions(
-                conn, reason="logout", session_ids=[me.auth_session_id]
-            )
-            await repo.audit(
-                conn,
-                "logout",
-                **me.audit_actor(),
-                target_account_id=me.account_id,
-                ip=session.client_ip,
-            )
-    except _DB as exc:
-        raise _unavailable(exc) from None
+    async with _db(session) as conn:
+        assert me.auth_session_id is not None
+        revoked = await repo.revoke_sessions(
+            conn, reason="logout", session_ids=[me.auth_session_id]
+        )
+        await repo.audit(
+            conn,
+            "logout",
+            **me.audit_actor(),
+            target_account_id=me.account_id,
+            ip=session.client_ip,
+        )
     return Done(rid=msg.rid, count=len(revoked))
 
 
 async def logout_all(session: Session, msg: LogoutAll) -> Done:
     me = _me(session)
-    try:
-        async with session.app.pool.acquire() as conn, conn.transaction():
-            revoked = await repo.revoke_sessions(
-                conn, reason="logout_all", account_id=me.account_id
-            )
-            await repo.audit(
-                conn,
-                "logout_all",
-                **me.audit_actor(),
-                target_account_id=me.account_id,
-                ip=session.client_ip,
-                details={"sessions": len(revoked)},
-            )
-    except _DB as exc:
-        raise _unavailable(exc) from None
+    async with _db(session) as conn:
+        revoked = await repo.revoke_sessions(conn, reason="logout_all", account_id=me.account_id)
+        await repo.audit(
+            conn,
+            "logout_all",
+            **me.audit_actor(),
+            target_account_id=me.account_id,
+            ip=session.client_ip,
+            details={"sessions": len(revoked)},
+        )
     return Done(rid=msg.rid, count=len(revoked))
 
 
@@ -157,33 +160,30 @@ async def change_password(session: Session, msg: ChangePassword) -> Done:
     Raises: UnauthenticatedError (wrong old password), BadRequestError (policy)."""
     me = _me(session)
     accounts = session.app.accounts
-    try:
-        async with session.app.pool.acquire() as conn:
-            account = await repo.by_id(conn, me.account_id or 0)
-        if account is None or not await accounts.passwords.verify(
-            account.password_hash, msg.old_password
-        ):
-            raise UnauthenticatedError("the old password is wrong")
-        rules.check_password_policy(msg.new_password, account.email)
-        hashed = await accounts.passwords.hash(msg.new_password)
-        async with session.app.pool.acquire() as conn, conn.transaction():
-            await repo.set_password(conn, account.id, hashed)
-            revoked = await repo.revoke_sessions(
-                conn,
-                reason="password_changed",
-                account_id=account.id,
-                except_session=me.auth_session_id,
-            )
-            await repo.audit(
-                conn,
-                "password_changed",
-                **me.audit_actor(),
-                target_account_id=account.id,
-                ip=session.client_ip,
-                details={"sessions_revoked": len(revoked)},
-            )
-    except _DB as exc:
-        raise _unavailable(exc) from None
+    async with _db(session, transaction=False) as conn:
+        account = await repo.by_id(conn, me.account_id or 0)
+    if account is None or not await accounts.passwords.verify(
+        account.password_hash, msg.old_password
+    ):
+        raise UnauthenticatedError("the old password is wrong")
+    rules.check_password_policy(msg.new_password, account.email)
+    hashed = await accounts.passwords.hash(msg.new_password)
+    async with _db(session) as conn:
+        await repo.set_password(conn, account.id, hashed)
+        revoked = await repo.revoke_sessions(
+            conn,
+            reason="password_changed",
+            account_id=account.id,
+            except_session=me.auth_session_id,
+        )
+        await repo.audit(
+            conn,
+            "password_changed",
+            **me.audit_actor(),
+            target_account_id=account.id,
+            ip=session.client_ip,
+            details={"sessions_revoked": len(revoked)},
+        )
     return Done(rid=msg.rid, count=len(revoked))
 
 
@@ -193,28 +193,25 @@ async def link_email(session: Session, msg: LinkEmail) -> Done:
     email = rules.normalise_email(msg.email)
     rules.check_password_policy(msg.password, email)
     hashed = await session.app.accounts.passwords.hash(msg.password)
-    try:
-        async with session.app.pool.acquire() as conn, conn.transaction():
-            account = await repo.by_id(conn, me.account_id or 0, lock=True)
-            if account is None or account.email is not None:
-                raise ConflictError("this account already has an email")
-            if not await repo.link_email(conn, account.id, email, hashed):
-                raise ConflictError("this email cannot be linked", field="email")
-            await repo.audit(
-                conn,
-                "email_linked",
-                **me.audit_actor(),
-                target_account_id=account.id,
-                ip=session.client_ip,
-            )
-    except _DB as exc:
-        raise _unavailable(exc) from None
+    async with _db(session) as conn:
+        account = await repo.by_id(conn, me.account_id or 0, lock=True)
+        if account is None or account.email is not None:
+            raise ConflictError("this account already has an email")
+        if not await repo.link_email(conn, account.id, email, hashed):
+            raise ConflictError("this email cannot be linked", field="email")
+        await repo.audit(
+            conn,
+            "email_linked",
+            **me.audit_actor(),
+            target_account_id=account.id,
+            ip=session.client_ip,
+        )
     return Done(rid=msg.rid)
 
 
 async def list_sessions(session: Session, msg: ListSessions) -> Sessions:
     me = _me(session)
-    async with session.app.pool.acquire() as conn:
+    async with _db(session, transaction=False) as conn:
         rows = await repo.list_sessions(conn, me.account_id or 0)
     return Sessions(
         rid=msg.rid,
@@ -237,22 +234,19 @@ async def revoke_session(session: Session, msg: RevokeSession) -> Done:
     """Raises: NotFoundError: no live session with this id belongs to the caller (another
     account's session id gets exactly this answer)."""
     me = _me(session)
-    try:
-        async with session.app.pool.acquire() as conn, conn.transaction():
-            owned = {r["id"] for r in await repo.list_sessions(conn, me.account_id or 0)}
-            if msg.session_id not in owned:
-                raise NotFoundError(f"no session {msg.session_id}", session_id=msg.session_id)
-            await repo.revoke_sessions(conn, reason="logout", session_ids=[msg.session_id])
-            await repo.audit(
-                conn,
-                "session_revoked",
-                **me.audit_actor(),
-                target_account_id=me.account_id,
-                ip=session.client_ip,
-                details={"session_id": msg.session_id},
-            )
-    except _DB as exc:
-        raise _unavailable(exc) from None
+    async with _db(session) as conn:
+        owned = {r["id"] for r in await repo.list_sessions(conn, me.account_id or 0)}
+        if msg.session_id not in owned:
+            raise NotFoundError(f"no session {msg.session_id}", session_id=msg.session_id)
+        await repo.revoke_sessions(conn, reason="logout", session_ids=[msg.session_id])
+        await repo.audit(
+            conn,
+            "session_revoked",
+            **me.audit_actor(),
+            target_account_id=me.account_id,
+            ip=session.client_ip,
+            details={"session_id": msg.session_id},
+        )
     return Done(rid=msg.rid)
 
 
@@ -263,7 +257,7 @@ async def mfa_enroll(session: Session, msg: MfaEnroll) -> MfaEnrolment:
     """A new secret, inactive until confirmed. Raises: ConflictError: MFA is already on."""
     me = _me(session)
     secret = pyotp.random_base32()
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         account = await repo.by_id(conn, me.account_id or 0, lock=True)
         assert account is not None
         if account.mfa_enabled:
@@ -285,7 +279,7 @@ async def mfa_confirm(session: Session, msg: MfaConfirm) -> MfaRecoveryCodes:
     """Raises: ConflictError (nothing to confirm), UnauthenticatedError (wrong code)."""
     me = _me(session)
     codes = service.new_recovery_codes()
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         account = await repo.by_id(conn, me.account_id or 0, lock=True)
         assert account is not None
         if account.mfa_enabled or account.mfa_secret is None:
@@ -316,7 +310,7 @@ async def mfa_disable(session: Session, msg: MfaDisable) -> Done:
     me = _me(session)
     service.check_second_factor_given(msg.code, msg.recovery_code)
     accounts = session.app.accounts
-    async with session.app.pool.acquire() as conn:
+    async with _db(session, transaction=False) as conn:
         account = await repo.by_id(conn, me.account_id or 0)
     assert account is not None
     if not account.mfa_enabled:
@@ -324,7 +318,7 @@ async def mfa_disable(session: Session, msg: MfaDisable) -> Done:
     if not await accounts.passwords.verify(account.password_hash, msg.password):
         raise UnauthenticatedError("wrong password or code")
     client = _client(session)
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         if await accounts.second_factor_ok(conn, account, msg.code, msg.recovery_code, client):
             await repo.set_mfa(conn, account.id, secret=None, enabled=False)
             await repo.audit(
@@ -358,7 +352,7 @@ async def update_profile(session: Session, msg: UpdateProfile) -> Profile:
         prefs = {
             f: getattr(msg.notification_prefs, f) for f in msg.notification_prefs.__struct_fields__
         }
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         ok = await repo.update_profile(
             conn,
             me.account_id or 0,
@@ -409,7 +403,7 @@ async def _change_roles(
 ) -> AccountView:
     actor = session.principal
     assert actor is not None
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         account = await _target(conn, account_id, lock=True)
         rules.check_may_manage(session.permissions, account.roles)
         if grant:
@@ -445,7 +439,7 @@ async def ban(session: Session, msg: Ban) -> AccountView:
     every node. Raises: NotFoundError, ForbiddenError (the target outranks the caller)."""
     actor = session.principal
     assert actor is not None
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         account = await _target(conn, msg.account_id, lock=True)
         rules.check_may_manage(session.permissions, account.roles)
         await repo.set_ban(conn, account.id, msg.reason)
@@ -466,7 +460,7 @@ async def ban(session: Session, msg: Ban) -> AccountView:
 async def unban(session: Session, msg: Unban) -> AccountView:
     actor = session.principal
     assert actor is not None
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         account = await _target(conn, msg.account_id, lock=True)
         rules.check_may_manage(session.permissions, account.roles)
         await repo.set_ban(conn, account.id, None)
@@ -487,7 +481,7 @@ async def view_account(session: Session, msg: ViewAccount) -> AccountView:
     actor = session.principal
     assert actor is not None
     reveal = msg.reveal_pii and P.PII_READ in session.permissions
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         account = await _target(conn, msg.account_id)
         if reveal:
             await repo.audit(
@@ -506,7 +500,7 @@ def _at(ms: int | None) -> dt.datetime | None:
 
 
 async def audit_query(session: Session, msg: AuditQuery) -> AuditPage:
-    async with session.app.pool.acquire() as conn:
+    async with _db(session, transaction=False) as conn:
         rows = await repo.query_audit(
             conn,
             action=msg.action,
@@ -541,7 +535,7 @@ async def create_api_key(session: Session, msg: CreateApiKey) -> ApiKeyCreated:
     assert actor is not None
     perms = rules.check_api_key_permissions(msg.permissions, session.permissions)
     key = service.new_token(service.API_KEY_PREFIX)
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         key_id = await repo.create_api_key(
             conn, msg.name, service.token_hash(key), perms, actor.account_id
         )
@@ -556,7 +550,7 @@ async def create_api_key(session: Session, msg: CreateApiKey) -> ApiKeyCreated:
 
 
 async def list_api_keys(session: Session, msg: ListApiKeys) -> ApiKeys:
-    async with session.app.pool.acquire() as conn:
+    async with _db(session, transaction=False) as conn:
         rows = await repo.list_api_keys(conn)
     return ApiKeys(
         rid=msg.rid,
@@ -578,7 +572,7 @@ async def revoke_api_key(session: Session, msg: RevokeApiKey) -> Done:
     """Sockets using the key are closed. Raises: NotFoundError (no such live key)."""
     actor = session.principal
     assert actor is not None
-    async with session.app.pool.acquire() as conn, conn.transaction():
+    async with _db(session) as conn:
         if not await repo.revoke_api_key(conn, msg.key_id):
             raise NotFoundError(f"no API key {msg.key_id}", key_id=msg.key_id)
         await repo.audit(
