@@ -161,6 +161,13 @@ async def start_server(app: App) -> WebSocketsListener:
             super().connection_lost(exc)
             if self.counted:
                 limits.socket_closed(self.client_ip)
+            # serve() binds our select_subprotocol to the protocol through a closure over
+            # this connection: connection -> protocol -> bound method -> closure cell ->
+            # connection. Left alone, every connection (~50 objects) is freed only by the
+            # cyclic collector, in pauses that grow with connection churn
+            # (docs/benchmarks.md, "Connection churn"). The handshake is long over: drop
+            # the shadowing attribute (websockets < 18 stores it on the instance).
+            self.protocol.__dict__.pop("select_subprotocol", None)
 
     async def process_request(conn: ServerConnection, request: Request) -> Response | None:
         assert isinstance(conn, FrontedConnection)
