@@ -16,17 +16,12 @@ Prints JSON on stdout (saved under benchmarks/results/), a table on stderr.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import EQUIP_MIX
-from benchmarks.run_all import RESULTS, Scenario, _meta, run_scenario
+from benchmarks.run_all import Scenario, run_plan
 
 DEFAULT_THRESHOLDS = (50_000, 10_000, 2_000)
 
@@ -132,28 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.quick, args.msgpack, args.gc_threshold = False, False, None  # read by run_scenario
     thresholds = args.threshold or list(DEFAULT_THRESHOLDS)
-    data_root = Path(tempfile.mkdtemp(prefix="ghG-", dir="/tmp"))
-    started = time.monotonic()
-    try:
-        entries = [
-            run_scenario(s, args, data_root, i)
-            for i, s in enumerate(plan(thresholds, args.rounds, not args.no_closed))
-        ]
-    finally:
-        shutil.rmtree(data_root, ignore_errors=True)
-    summary = summarize(entries, thresholds)
-    result = {
-        "meta": {**_meta(args), "elapsed_s": round(time.monotonic() - started, 1)},
-        "summary": summary,
-        "scenarios": entries,
-    }
-    print(render(summary), file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-gc.json").write_text(text)
-    return 0
+    return run_plan(
+        plan(thresholds, args.rounds, not args.no_closed),
+        args,
+        tag="gc",
+        summarize=lambda entries: summarize(entries, thresholds),
+        render=render,
+    )
 
 
 if __name__ == "__main__":

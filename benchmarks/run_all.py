@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -184,6 +185,39 @@ def run_scenario(
         server.stop()
     _print_entry(entry)
     return entry
+
+
+def run_plan(
+    plan: list[Scenario],
+    args: argparse.Namespace,
+    *,
+    tag: str,
+    summarize: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> int:
+    """Run ``plan`` in order (each scenario on a fresh server under one temporary root),
+    print ``render(summary)`` on stderr and the JSON on stdout, and save the JSON as
+    ``results/<time>-<tag>.json`` unless ``args.no_save``. For the side-by-side scripts
+    (transport_bench, gc_bench)."""
+    data_root = Path(tempfile.mkdtemp(prefix=f"gh-{tag}-", dir="/tmp"))
+    started = time.monotonic()
+    try:
+        entries = [run_scenario(s, args, data_root, i) for i, s in enumerate(plan)]
+    finally:
+        shutil.rmtree(data_root, ignore_errors=True)
+    summary = summarize(entries)
+    result = {
+        "meta": {**_meta(args), "elapsed_s": round(time.monotonic() - started, 1)},
+        "summary": summary,
+        "scenarios": entries,
+    }
+    print(render(summary), file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}.json").write_text(text)
+    return 0
 
 
 def _print_entry(entry: dict[str, Any]) -> None:

@@ -19,16 +19,11 @@ table. Prints JSON on stdout (and saves it under benchmarks/results/), a table o
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import EQUIP_MIX, PING_MIX
-from benchmarks.run_all import RESULTS, Scenario, _meta, run_scenario
+from benchmarks.run_all import Scenario, run_plan
 
 TRANSPORTS = ("websockets", "picows")
 
@@ -158,25 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in pair
         if s.name.rsplit("-", 1)[0] in chosen
     ]
-    data_root = Path(tempfile.mkdtemp(prefix="ghT-", dir="/tmp"))
-    started = time.monotonic()
-    try:
-        entries = [run_scenario(s, args, data_root, i) for i, s in enumerate(plan)]
-    finally:
-        shutil.rmtree(data_root, ignore_errors=True)
-    summary = summarize(entries)
-    result = {
-        "meta": {**_meta(args), "elapsed_s": round(time.monotonic() - started, 1)},
-        "summary": summary,
-        "scenarios": entries,
-    }
-    print(render(summary), file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-transports.json").write_text(text)
-    return 0
+    return run_plan(plan, args, tag="transports", summarize=summarize, render=render)
 
 
 if __name__ == "__main__":

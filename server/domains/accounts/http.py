@@ -31,16 +31,17 @@ from protocol.codec import CODECS
 from protocol.errors import (
     BadRequestError,
     ErrorCode,
-    GearhallError,
     UnauthenticatedError,
 )
-from protocol.messages import ErrorReply
+from protocol.messages import ErrorReply, SessionHello
 from server.domains.accounts import service
+from server.domains.accounts.principal import Principal
 from server.domains.accounts.rules import Permission
 from server.http import HttpRequest, HttpResponse, PostHandler
 
 if TYPE_CHECKING:
     from server.app import App
+    from server.session import Session
 
 STATUS = {
     ErrorCode.BAD_REQUEST: HTTPStatus.BAD_REQUEST,
@@ -55,6 +56,7 @@ STATUS = {
 """HTTP status per error code; the game's own codes (cooldown_active...) are 409."""
 
 _json = msgspec.json.Encoder()
+_CODEC = CODECS["gearhall.v1.json"]
 
 
 def error_response(code: ErrorCode, message: str, details: Mapping[str, object]) -> HttpResponse:
@@ -102,38 +104,58 @@ def tokens_response(reply: Tokens) -> HttpResponse:
 
 
 def guarded(fn: PostHandler) -> PostHandler:
-    """Turn a GearhallError into its JSON error answer."""
+    """Turn an exception into its JSON error answer, through the dispatcher's
+    ``error_reply`` (the one place exceptions become error replies: same codes, same
+    metrics, unexpected ones logged and answered ``internal``)."""
 
     async def run(app: App, request: HttpRequest) -> HttpResponse:
         try:
             return await fn(app, request)
-        except GearhallError as exc:
-            return error_response(exc.code, exc.message, exc.details)
+        except Exception as exc:
+            reply = app.dispatcher.error_reply(None, exc)
+            return error_response(reply.code, reply.message, reply.details)
 
     return run
 
 
+def _session(app: App, request: HttpRequest, principal: Principal | None) -> Session:
+    """A Session for one HTTP request: the client's address and User-Agent, the
+    principal of its bearer token (None before login), no transport to write to."""
+    from server.session import Session  # the session module imports the app's types
+
+    session = Session(app, _NoTransport(), _CODEC)
+    session.client_ip = request.remote_ip
+    session.user_agent = request.headers.get("user-agent", "")[:256]
+    if principal is not None:
+        session.principal = principal
+        # No live player over HTTP, and no socket to say hello on.
+        session.permissions = principal.permissions - {Permission.GAME_PLAY}
+    return session
+
+
+async def _dispatch(app: App, request: HttpRequest, msg: Request) -> HttpResponse:
+    """Run ``msg`` through the dispatcher as the socket would (before hello)."""
+    reply = await app.dispatcher.dispatch(_session(app, request, None), msg)
+    if isinstance(reply, ErrorReply):
+        return error_response(reply.code, reply.message, reply.details)
+    assert isinstance(reply, Tokens)
+    return tokens_response(reply)
+
+
 async def register(app: App, request: HttpRequest) -> HttpResponse:
-    return tokens_response(
-        await app.accounts.register(decode_body(request, Register), http_client(request))
-    )
+    return await _dispatch(app, request, decode_body(request, Register))
 
 
 async def login(app: App, request: HttpRequest) -> HttpResponse:
-    return tokens_response(
-        await app.accounts.login(decode_body(request, Login), http_client(request))
-    )
+    return await _dispatch(app, request, decode_body(request, Login))
 
 
 async def device(app: App, request: HttpRequest) -> HttpResponse:
-    return tokens_response(
-        await app.accounts.device_login(decode_body(request, DeviceLogin), http_client(request))
-    )
+    return await _dispatch(app, request, decode_body(request, DeviceLogin))
 
 
 async def refresh(app: App, request: HttpRequest) -> HttpResponse:
-    msg = decode_body(request, Refresh)
-    return tokens_response(await app.accounts.refresh(msg.refresh_token, http_client(request), 0))
+    return await _dispatch(app, request, decode_body(request, Refresh))
 
 
 def bearer_token(request: HttpRequest) -> str | None:
@@ -184,32 +206,19 @@ class _NoTransport:
 
 async def rpc(app: App, request: HttpRequest) -> HttpResponse:
     """Any client message, for the caller of the bearer token (see the module docstring)."""
-    from server.session import Session  # the session module imports the app's types
-
     token = bearer_token(request)
     if token is None:
         raise UnauthenticatedError("send Authorization: Bearer <access token or API key>")
     found = await app.accounts.authenticate(token, http_client(request))
     if found is None:
         raise UnauthenticatedError("token is invalid, expired or revoked")
-    principal = found[0]
-    codec = CODECS["gearhall.v1.json"]
-    session = Session(app, _NoTransport(), codec)
-    session.client_ip = request.remote_ip
-    session.user_agent = request.headers.get("user-agent", "")[:256]
-    session.principal = principal
-    # No live player over HTTP, and no session to say hello on.
-    session.permissions = principal.permissions - {Permission.GAME_PLAY}
-    try:
-        msg = codec.decode(request.body)
-    except GearhallError as exc:
-        return error_response(exc.code, exc.message, exc.details)
-    if type(msg).__name__ == "SessionHello":
+    msg = _CODEC.decode(request.body)
+    if isinstance(msg, SessionHello):
         raise BadRequestError("session.hello is for sockets")
-    reply: ServerMessage = await app.dispatcher.dispatch(session, msg)
+    reply: ServerMessage = await app.dispatcher.dispatch(_session(app, request, found[0]), msg)
     if isinstance(reply, ErrorReply):
         return error_response(reply.code, reply.message, reply.details)
-    return HttpResponse(HTTPStatus.OK, codec.encode(reply))
+    return HttpResponse(HTTPStatus.OK, _CODEC.encode(reply))
 
 
 ROUTES: dict[str, PostHandler] = {

@@ -109,6 +109,9 @@ class Accounts:
             queue_max=s.hash_queue_max,
         )
         self._signups = _SignupLimits(s.signups_per_ip_per_hour)
+        # Read the common-password list now, at start-up, not on the event loop at the
+        # first sign-up (a gzip of 19,640 lines).
+        rules.common_passwords()
 
     def close(self) -> None:
         self.passwords.close()
