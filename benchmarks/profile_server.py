@@ -109,13 +109,19 @@ def profile(
     warmup: float = 3.0,
     procs: int = 2,
     encoding: str = "json",
+    transport: str = "websockets",
     raw_path: Path,
     data_root: Path | None = None,
 ) -> dict[str, Any]:
     """Run the profile and return its summary (``error`` set if py-spy failed)."""
     root = data_root or Path(tempfile.mkdtemp(prefix="ghp-", dir="/tmp"))
-    server = ServerProcess(root / "profile", "durable")
-    result: dict[str, Any] = {"clients": clients, "duration_s": duration, "raw": str(raw_path)}
+    server = ServerProcess(root / "profile", "durable", transport=transport)
+    result: dict[str, Any] = {
+        "clients": clients,
+        "transport": transport,
+        "duration_s": duration,
+        "raw": str(raw_path),
+    }
     spy: dict[str, Any] = {}
     try:
         server.start()
@@ -191,7 +197,8 @@ def render_summary(result: dict[str, Any], top: int = 15) -> str:
     if "error" in result:
         return f"profile: {result['error']}"
     lines = [
-        f"profile: durable equip, {result['clients']} clients, {result['samples']} samples "
+        f"profile: durable equip, {result['transport']}, {result['clients']} clients, "
+        f"{result['samples']} samples "
         f"holding the GIL ({result['gil_busy_pct']}% of attempts; "
         f"{result.get('ops_per_s_under_profiler', 0):,.0f} ops/s while sampled)",
         "  self time by module:",
@@ -214,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--msgpack", action="store_true")
+    parser.add_argument("--transport", choices=("websockets", "picows"), default="websockets")
     parser.add_argument("--raw", type=Path, help="where to write py-spy's collapsed stacks")
     args = parser.parse_args(argv)
     raw = (
@@ -225,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         procs=args.procs,
         encoding="msgpack" if args.msgpack else "json",
+        transport=args.transport,
         raw_path=raw,
     )
     print(json.dumps(result))

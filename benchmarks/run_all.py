@@ -76,6 +76,8 @@ class Scenario:
     """``gearhall serve --transport``."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra ``GEARHALL_*`` settings (an experiment's variable; shown in the report)."""
+    source: Path | None = None
+    """Run the server from this source tree (another checkout) instead of this one."""
 
     @property
     def durability_label(self) -> str:
@@ -101,6 +103,13 @@ TICK = "tick-10k"
 MODEL = "model"
 ALL_NAMES = [s.name for s in SCENARIOS] + [TICK, MODEL]
 QUICK_CLIENTS = 250
+
+
+def server_from(source: Path) -> list[str]:
+    """The command running ``gearhall`` from the source tree ``source`` (a git worktree of
+    another commit): this interpreter and its libraries, that tree's packages first."""
+    boot = f"import sys; sys.path.insert(0, {str(source)!r}); from server.cli import main; "
+    return [sys.executable, "-c", boot + "sys.exit(main())"]
 
 
 def _git(*args: str) -> str:
@@ -146,6 +155,9 @@ def run_scenario(
     server = ServerProcess(data_root / scenario.name, scenario.durability)
     server.transport = scenario.transport
     server.env = dict(scenario.env)
+    if scenario.source is not None:
+        server.command = server_from(scenario.source)
+        entry["source"] = str(scenario.source)
     entry["transport"] = scenario.transport
     if scenario.env:
         entry["env"] = dict(scenario.env)
