@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import gc
 import logging
 import time
@@ -223,11 +224,15 @@ class PlayerHub:
     # --- the request path -------------------------------------------------------------------
 
     async def commit(
-        self, live: LivePlayer, effects: list[AnyEffect], origin: Session | None
+        self,
+        live: LivePlayer,
+        effects: list[AnyEffect],
+        origin: Session | None,
+        tick: int | None = None,
     ) -> int:
         """Apply ``effects`` now, journal them, and return the version once they are durable.
         Every session of the player but ``origin`` (whose reply carries them) gets them as
-        a delta on the next tick.
+        a delta on the next tick. ``tick``: the tick they were decided in (default: now).
 
         Raises:
             UnavailableError: the journal is closing (shutdown).
@@ -245,31 +250,45 @@ class PlayerHub:
         # (bytes are invisible to the garbage collector; effect objects kept for minutes
         # were most of what its collections traversed).
         encoded = [_effect_encoder.encode(e) for e in effects]
-
-        def on_durable() -> None:
-            live.durable_version = version
-            base = version - len(effects)
-            for offset, data in enumerate(encoded, start=1):
-                live.recent.append((base + offset, data))
-            if any(session is not origin for session in live.sessions):
-                live.pending_pushes.append((origin, effects, version))
-                self._pushes[live.player_id] = live
-            if not live.snapshot_scheduled:
-                self._schedule_snapshot(live, time.monotonic() + self.settings.snapshot_interval_s)
-            for effect in effects:
-                if isinstance(effect, CooldownStarted):
-                    self._watch_cooldown(live.player_id, effect.key, effect.ready_at_ms)
-            self._release_waiters(live)
-
         self.journal.append(
             live.player_id,
             first,
-            self._tick(),
+            self._tick() if tick is None else tick,
             encoded,
-            on_durable,
+            functools.partial(self._on_durable, live, version, effects, encoded, origin),
         )
-        await self.wait_durable(live, version)
+        if live.durable_version < version:  # wait_durable, inlined: this is the hot path
+            future: asyncio.Future[None] = self._loop.create_future()
+            live.waiters.append((version, future))
+            await future
         return version
+
+    def _on_durable(
+        self,
+        live: LivePlayer,
+        version: int,
+        effects: list[AnyEffect],
+        encoded: list[bytes],
+        origin: Session | None,
+    ) -> None:
+        """The journal committed ``effects`` (the last of them is ``version``)."""
+        live.durable_version = version
+        base = version - len(encoded)
+        recent = live.recent
+        for offset, data in enumerate(encoded, start=1):
+            recent.append((base + offset, data))
+        sessions = live.sessions
+        # Another session than the origin exists (sessions are distinct objects).
+        if len(sessions) > 1 or (sessions and sessions[0] is not origin):
+            live.pending_pushes.append((origin, effects, version))
+            self._pushes[live.player_id] = live
+        if not live.snapshot_scheduled:
+            self._schedule_snapshot(live, time.monotonic() + self.settings.snapshot_interval_s)
+        for effect in effects:
+            if type(effect) is CooldownStarted:
+                self._watch_cooldown(live.player_id, effect.key, effect.ready_at_ms)
+        if live.waiters:
+            self._release_waiters(live)
 
     async def run_intent(
         self,
@@ -280,13 +299,14 @@ class PlayerHub:
     ) -> tuple[int, list[AnyEffect]]:
         if type(intent) in CREATES_ITEMS:
             await self._ensure_ids(MAX_CREATED_PER_INTENT)
-        effects = rule(live.state, intent, self.context())
+        ctx = self.context()
+        effects = rule(live.state, intent, ctx)
         for effect in effects:
-            if isinstance(effect, ItemCreated) and effect.item.id >= self._id_next:
+            if type(effect) is ItemCreated and effect.item.id >= self._id_next:
                 self._id_next = effect.item.id + 1
         if not effects:
             return live.state.version, effects
-        return await self.commit(live, effects, origin), effects
+        return await self.commit(live, effects, origin, ctx.tick), effects
 
     async def durable_copy(self, live: LivePlayer) -> PlayerState:
         """A copy of the state as of now, returned once that version is durable."""
@@ -302,11 +322,20 @@ class PlayerHub:
         await future
 
     def _release_waiters(self, live: LivePlayer) -> None:
-        if not live.waiters:
+        waiters = live.waiters
+        if not waiters:
+            return
+        durable = live.durable_version
+        if len(waiters) == 1:  # one request in flight: the usual case
+            version, future = waiters[0]
+            if version <= durable:
+                live.waiters = []
+                if not future.done():
+                    future.set_result(None)
             return
         keep = []
-        for version, future in live.waiters:
-            if version <= live.durable_version:
+        for version, future in waiters:
+            if version <= durable:
                 if not future.done():
                     future.set_result(None)
             else:

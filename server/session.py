@@ -49,6 +49,10 @@ class Transport(Protocol):
     async def send_batch(self, frames: list[bytes], text: bool) -> None:
         """Send several frames, in order; in one write where the library allows it."""
 
+    def try_send(self, frame: bytes, text: bool) -> bool:
+        """Send one frame now, without waiting, if the transport can take it at once;
+        False if it cannot (then :meth:`send`). Raises like :meth:`send` once closed."""
+
     async def close(self, code: int, reason: str) -> None:
         """Close with a close frame (waits for the handshake, bounded by the adapter)."""
 
@@ -169,7 +173,9 @@ class Session:
         finally:
             app.request_finished()
             self._handling -= 1
-        await self.reply(reply)
+        waiting = self._reply_now(reply)
+        if waiting is not None:
+            await self._reply_wait(waiting)
         if self._close_after is not None and not self._handling:
             code, reason = self._close_after
             self._close_after = None
@@ -201,6 +207,11 @@ class Session:
         self.send(self.app.dispatcher.error_reply(rid, RateLimitedError(retry_after_ms)))
         return True
 
+    @property
+    def writable(self) -> bool:
+        """The outbound queue is below its high-water mark (else :meth:`wait_writable`)."""
+        return len(self._queue) < self._high_water
+
     async def wait_writable(self) -> None:
         """Return when the outbound queue is below its high-water mark. The adapter awaits
         this before reading the next frame: reading is how a client adds to the queue."""
@@ -218,13 +229,29 @@ class Session:
         its socket is full (natural backpressure). Otherwise it joins the queue, which keeps
         replies and pushes in order.
         """
+        frame = self._reply_now(msg)
+        if frame is not None:
+            await self._reply_wait(frame)
+
+    def _reply_now(self, msg: ServerMessage) -> bytes | None:
+        """:meth:`reply` without awaiting where possible (the common case, and no coroutine
+        is made for it): queued, or written at once if the transport takes it. Returns
+        the frame if the reply must wait for the transport (:meth:`_reply_wait`)."""
         if self.aborted:
-            return
+            return None
         self.app.metrics.sent(type(msg))
         frame = self.codec.encode(msg)
         if self._queue or self.send_started:
             self.send_frame(frame)
-            return
+            return None
+        try:
+            if self.transport.try_send(frame, self._text):
+                return None
+        except Exception:  # transport closed under us: the reader side will finish
+            return None
+        return frame
+
+    async def _reply_wait(self, frame: bytes) -> None:
         await self._write(frame)
         if self._queue:
             self._wake.set()

@@ -133,6 +133,15 @@ class PicowsTransport:
         self._check_open()
         self._ws.send(_TEXT if text else _BINARY, frame)
 
+    def try_send(self, frame: bytes, text: bool) -> bool:
+        if self._paused:
+            return False
+        ws = self._ws
+        if ws.is_disconnected or ws.is_close_frame_sent:
+            raise ConnectionError("connection closed")
+        ws.send(_TEXT if text else _BINARY, frame)
+        return True
+
     async def send_batch(self, frames: list[bytes], text: bool) -> None:
         """Several frames in one ``write`` (one syscall instead of one per frame)."""
         if self._paused:
@@ -298,22 +307,23 @@ class _GameListener(_MessageListener):
         assert session is not None and self.ws is not None
         underlying = self.ws.underlying_transport
         loop = asyncio.get_running_loop()
-        while not self._is_gone():
+        while not self._gone:
             if not inbox:
                 self._waiter = loop.create_future()
                 await self._waiter
                 self._waiter = None
                 continue
-            await session.wait_writable()
-            if self._is_gone():  # disconnected while waiting
-                return
+            if not session.writable:
+                await session.wait_writable()
+                if self._is_gone():  # disconnected while waiting
+                    return
             data = inbox.popleft()
             if not self._reading and len(inbox) <= INBOX_LOW:
                 self._reading = True
                 underlying.resume_reading()
             await session.on_frame(data)
 
-    def _is_gone(self) -> bool:
+    def _is_gone(self) -> bool:  # a call: mypy would narrow the attribute across the await
         return self._gone
 
     def pause_writing(self) -> None:

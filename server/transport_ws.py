@@ -59,9 +59,18 @@ class WebSocketsTransport:
         await self._conn.send(frame, text=text)
 
     async def send_batch(self, frames: list[bytes], text: bool) -> None:
-        # websockets writes each frame on its own; there is no multi-frame send.
-        for frame in frames:
-            await self._conn.send(frame, text=text)
+        # All frames into the protocol inside one send context; leaving it writes them
+        # (GameConnection.send_data joins them into one write) and waits for the buffer
+        # to drain below its high-water mark, as a single send does.
+        conn = self._conn
+        async with conn.send_context():
+            send = conn.protocol.send_text if text else conn.protocol.send_binary
+            for frame in frames:
+                send(frame)
+
+    def try_send(self, frame: bytes, text: bool) -> bool:
+        # websockets' send() checks state, writes and drains in one coroutine; no split.
+        return False
 
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -147,6 +156,26 @@ async def start_server(app: App) -> WebSocketsListener:
                 return None
             return self.front.eof_received()
 
+        def send_data(self) -> None:
+            # websockets writes every frame it produced with a transport.write of its own
+            # (a syscall each on uvloop): join them, so send_batch is one write. An empty
+            # chunk means "half-close", handled as websockets handles it.
+            run: list[bytes] = []
+            for data in self.protocol.data_to_send():
+                if data:
+                    run.append(data)
+                    continue
+                if run:
+                    self.transport.write(b"".join(run))
+                    run = []
+                if self.transport.can_write_eof():
+                    with contextlib.suppress(Exception):  # what websockets does too
+                        self.transport.write_eof()
+                else:  # pragma: no cover - TLS
+                    self.transport.close()
+            if run:
+                self.transport.write(b"".join(run))
+
         def hold_socket(self) -> None:
             """Count this connection against its IP's sockets until it is lost."""
             # process_request may run after the loss (websockets reads the request first)
@@ -216,7 +245,8 @@ async def start_server(app: App) -> WebSocketsListener:
         session.start()
         try:
             while True:
-                await session.wait_writable()
+                if not session.writable:
+                    await session.wait_writable()
                 frame = await conn.recv(decode=False)
                 await session.on_frame(frame)
         except ConnectionClosed:

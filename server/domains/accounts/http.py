@@ -197,6 +197,9 @@ class _NoTransport:
     async def send_batch(self, frames: list[bytes], text: bool) -> None:
         return None
 
+    def try_send(self, frame: bytes, text: bool) -> bool:
+        return True
+
     async def close(self, code: int, reason: str) -> None:
         return None
 
