@@ -76,10 +76,12 @@ def _figures(e: dict[str, Any]) -> dict[str, Any]:
         "p999_ms": lat["p999_ms"],
         "errors": sum(e["load"]["errors"].values()),
         "server_cpu_us_per_op": round(pct / 100 / ops * 1e6, 1) if pct and ops else None,
+        # requests over 5 ms inside the server: is a client-side tail the server's?
+        "server_over_5ms_pct": e["server"].get("server_requests_over_5ms_pct"),
     }
 
 
-KEYS = ("ops_per_s", "server_cpu_us_per_op", "p50_ms", "p99_ms", "p999_ms")
+KEYS = ("ops_per_s", "server_cpu_us_per_op", "p50_ms", "p99_ms", "p999_ms", "server_over_5ms_pct")
 
 
 def summarize(entries: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -96,7 +98,11 @@ def summarize(entries: list[dict[str, Any]], names: list[str]) -> dict[str, Any]
             }
             row[side] = {"rounds": runs, "median": medians}
         base, cur = row["base"]["median"], row["current"]["median"]
-        row["ratio"] = {k: round(cur[k] / base[k], 3) for k in KEYS if base.get(k) and k in cur}
+        row["ratio"] = {
+            k: round(cur[k] / base[k], 3)
+            for k in KEYS[:-1]  # not of a percentage near zero
+            if base.get(k) and k in cur
+        }
         rows.append(row)
     return {"rows": rows}
 
@@ -104,7 +110,7 @@ def summarize(entries: list[dict[str, Any]], names: list[str]) -> dict[str, Any]
 def render(summary: dict[str, Any]) -> str:
     lines = [
         f"{'scenario':<12} {'side':<8} {'ops/s':>8} {'µs/op':>6} {'p50':>7} {'p99':>8} "
-        f"{'p99.9':>8}   µs/op per round"
+        f"{'p99.9':>8} {'srv>5ms':>8}   µs/op per round"
     ]
     for row in summary["rows"]:
         for side in (*SIDES, "ratio"):
@@ -122,9 +128,13 @@ def render(summary: dict[str, Any]) -> str:
                 f"{row['scenario'] if side == 'base' else '':<12} {side:<8} "
                 + fmt.format(m.get("ops_per_s", 0))
                 + f" {m.get('server_cpu_us_per_op', 0):>6.2f} {m.get('p50_ms', 0):>7.2f}"
-                f" {m.get('p99_ms', 0):>8.2f} {m.get('p999_ms', 0):>8.2f}   {rounds}"
+                f" {m.get('p99_ms', 0):>8.2f} {m.get('p999_ms', 0):>8.2f}"
+                f" {m.get('server_over_5ms_pct', 0):>7.2f}%   {rounds}"
             )
-    lines.append("(medians over rounds; latencies in ms; ratio = current / base)")
+    lines.append(
+        "(medians over rounds; latencies in ms; srv>5ms: requests over 5 ms inside the "
+        "server; ratio = current / base)"
+    )
     return "\n".join(lines)
 
 

@@ -304,7 +304,7 @@ def _metric_deltas(a: dict[str, float], b: dict[str, float], window: float) -> d
         )
         # Prometheus buckets are cumulative: commits slower than a bound = count - bucket.
         commit = "gearhall_journal_commit_duration_seconds"
-        for label, le in (("25ms", "0.025"), ("100ms", "0.1")):
+        for label, le in (("5ms", "0.005"), ("25ms", "0.025"), ("100ms", "0.1")):
             slower = commits - delta(f'{commit}_bucket{{le="{le}"}}')
             out[f"journal_commits_over_{label}"] = int(slower)
     requests = sum(delta(k) for k in b if k.startswith("gearhall_request_duration_seconds_count{"))
@@ -312,9 +312,35 @@ def _metric_deltas(a: dict[str, float], b: dict[str, float], window: float) -> d
         spent = sum(delta(k) for k in b if k.startswith("gearhall_request_duration_seconds_sum{"))
         # Decode to reply queued, inside the server (includes waiting for the commit).
         out["server_request_mean_ms"] = round(1000.0 * spent / requests, 3)
+        # How many took longer than 5 / 25 ms inside the server: set against the client's
+        # p99, this says whether a tail arose in the server or outside it (scheduling of
+        # the generator, the network stack).
+        buckets = "gearhall_request_duration_seconds_bucket{"
+        for label, le in (("5ms", "0.005"), ("25ms", "0.025")):
+            within = sum(delta(k) for k in b if k.startswith(buckets) and f'le="{le}"' in k)
+            out[f"server_requests_over_{label}_pct"] = round(
+                100.0 * (requests - within) / requests, 3
+            )
     ticks = delta("gearhall_tick_duration_seconds_count")
     if ticks:
         out["ticks"] = int(ticks)
         out["tick_mean_ms"] = round(1000.0 * delta("gearhall_tick_duration_seconds_sum") / ticks, 3)
     out["tick_overruns"] = int(delta("gearhall_tick_overruns_total"))
+    # Collector pauses (the whole process stops): how many, their total, how many > 5 ms.
+    for gen in "012":
+        pause = "gearhall_gc_pause_seconds"
+        n = delta(f'{pause}_count{{generation="{gen}"}}')
+        if n:
+            out[f"gc{gen}_collections"] = int(n)
+            out[f"gc{gen}_pause_total_ms"] = round(
+                1000.0 * delta(f'{pause}_sum{{generation="{gen}"}}'), 1
+            )
+            short = delta(f'{pause}_bucket{{generation="{gen}",le="0.005"}}')
+            out[f"gc{gen}_pauses_over_5ms"] = int(n - short)
+    # Ticks that started more than 5 ms late: the event loop was busy (a long callback, a
+    # collector pause) or the process was not scheduled.
+    late = delta("gearhall_tick_lateness_seconds_count")
+    if late:
+        on_time = delta('gearhall_tick_lateness_seconds_bucket{le="0.005"}')
+        out["ticks_late_over_5ms"] = int(late - on_time)
     return out

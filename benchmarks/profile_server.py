@@ -110,6 +110,7 @@ def profile(
     procs: int = 2,
     encoding: str = "json",
     transport: str = "websockets",
+    lines: bool = False,
     raw_path: Path,
     data_root: Path | None = None,
 ) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def profile(
                     str(SAMPLE_HZ),
                     "--format",
                     "raw",
-                    "--nolineno",
+                    *(() if lines else ("--nolineno",)),
                     "--gil",
                     "--native",
                     "--output",
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--msgpack", action="store_true")
     parser.add_argument("--transport", choices=("websockets", "picows"), default="websockets")
+    parser.add_argument("--lines", action="store_true", help="per line, not per function")
     parser.add_argument("--raw", type=Path, help="where to write py-spy's collapsed stacks")
     args = parser.parse_args(argv)
     raw = (
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         procs=args.procs,
         encoding="msgpack" if args.msgpack else "json",
         transport=args.transport,
+        lines=args.lines,
         raw_path=raw,
     )
     print(json.dumps(result))

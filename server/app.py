@@ -34,7 +34,7 @@ from server.domains.inventory.handlers import HANDLERS as INVENTORY
 from server.domains.session.handlers import HANDLERS as SESSION
 from server.http import DatabaseProbe, PostHandler
 from server.hub import PlayerHub
-from server.metrics import Metrics
+from server.metrics import GcPauses, Metrics
 from server.session import CLOSE_GOING_AWAY, Session
 from server.transport_ws import server_ssl_context
 from sim.driver import TickDriver
@@ -88,6 +88,7 @@ class App:
         if catalog is not None:
             self.catalog = catalog
         self.metrics = Metrics()
+        self._gc_pauses = GcPauses(self.metrics.gc_pause)
         self.sessions: set[Session] = set()
         self.draining = False
         self.in_flight = 0
@@ -167,6 +168,7 @@ class App:
         gc.freeze()
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(s.gc_gen0_threshold, gen1, gen2)
+        gc.callbacks.append(self._gc_pauses)
         mode = "" if s.durability == "durable" else " [WRITE-BEHIND: acks are NOT durable]"
         log.info(
             "gearhall %s listening on %s://%s:%d (%s, tick %d Hz, database %s)%s",
@@ -295,4 +297,6 @@ class App:
         await self.pool.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._gc_pauses)
         log.info("shutdown complete")

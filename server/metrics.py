@@ -12,6 +12,7 @@ which is safe because they are only touched on the event loop's thread, where th
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -114,6 +115,26 @@ class LoopHistogram(Collector):
         yield family
 
 
+class GcPauses:
+    """A ``gc.callbacks`` entry timing every collection into a histogram by generation.
+
+    A collection stops the event loop (and every thread) for its whole length: the pause a
+    request or a tick sees. It may run on any thread that allocates (the password hashing
+    pool too), hence prometheus_client's locked histogram; one collection runs at a time
+    (the GIL), so one start time is enough."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._children = {g: histogram.labels(str(g)) for g in (0, 1, 2)}
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+            self._started = 0.0
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -150,6 +171,13 @@ class Metrics:
         )
         self.tick_overruns = Counter(
             "gearhall_tick_overruns", "Ticks skipped because a tick ran late", registry=r
+        )
+        self.gc_pause = Histogram(
+            "gearhall_gc_pause_seconds",
+            "Collector pauses by generation: the whole process stops for each",
+            ["generation"],
+            buckets=_TICK_BUCKETS,
+            registry=r,
         )
         self.journal_batch_rows = Histogram(
             "gearhall_journal_batch_rows",

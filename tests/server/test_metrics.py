@@ -4,12 +4,13 @@ observations: same series names, labels, bucket bounds, counts and sums."""
 
 from __future__ import annotations
 
+import gc
 import random
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.metrics import LoopCounter, LoopHistogram
+from server.metrics import GcPauses, LoopCounter, LoopHistogram
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0, 2.5)
 
@@ -53,3 +54,23 @@ def test_loop_counter_matches_prometheus_client() -> None:
     loop_c.labels("c").inc(2.5)
     ref_c.labels("c").inc(2.5)
     assert _series(ours) == _series(theirs)
+
+
+def test_gc_pauses_are_timed_by_generation() -> None:
+    registry = CollectorRegistry()
+    histogram = Histogram("gc_pause", "doc", ["generation"], registry=registry)
+    pauses = GcPauses(histogram)
+    gc.callbacks.append(pauses)
+    try:
+        gc.collect(0)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(pauses)
+    counts = {
+        s.labels["generation"]: s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+        if s.name == "gc_pause_count"
+    }
+    assert counts.get("0", 0) >= 1
+    assert counts.get("2", 0) >= 1
