@@ -200,6 +200,8 @@ class CpuSample:
     postgres: dict[int, float]
     machine_busy: float
     """Machine-wide non-idle CPU seconds (all cores)."""
+    machine_steal: float
+    """Machine-wide seconds the hypervisor ran something else on our vCPUs."""
     metrics: dict[str, float]
 
 
@@ -238,6 +240,7 @@ class WindowSampler:
             server=_cpu(self._server_proc),
             postgres=self._postgres(),
             machine_busy=busy,
+            machine_steal=float(getattr(t, "steal", 0.0)),
             metrics=self.server.metrics(),
         )
 
@@ -270,6 +273,11 @@ class WindowSampler:
                 100.0 * (b.machine_busy - a.machine_busy) / window, 1
             ),
             "machine_cores": cores,
+            # Time our vCPUs were taken by the hypervisor: on a shared host the same code
+            # runs slower (more CPU per op) when neighbours are busy.
+            "machine_steal_pct_of_core": round(
+                100.0 * (b.machine_steal - a.machine_steal) / window, 1
+            ),
         }
         out.update(_metric_deltas(a.metrics, b.metrics, window))
         return out

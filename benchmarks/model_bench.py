@@ -269,7 +269,7 @@ def memory_child(path: str, use_tracemalloc: bool) -> dict[str, Any]:
         lp = live[s.player_id]
         vest = first_item(s, "leather_vest", "backpack")
         cap = first_item(s, "cloth_cap", "backpack")
-        recent: deque[tuple[int, bytes]] = lp.recent
+        recent: deque[bytes] = lp.recent
         step = 0
         while len(recent) < resume_buffer:
             ctx = RuleContext(tick=tick, tick_ms=TICK_MS, catalog=catalog)
@@ -285,7 +285,7 @@ def memory_child(path: str, use_tracemalloc: bool) -> dict[str, Any]:
                 effects = rules.equip_item(s, EquipItem(rid=0, item_id=cap, slot="head"), ctx)
             for effect in effects:
                 apply_all(s, [effect])
-                recent.append((s.version, _encode_effect(effect)))
+                recent.append(_encode_effect(effect))
             step += 1
     marks["resume_buffer_full"] = measure()
     template_str_bytes = sum(

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import functools
 import gc
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -71,8 +72,12 @@ class LivePlayer:
         self.snapshot_version = snapshot_version
         self.snapshot_in_flight = False
         self.snapshot_scheduled = False  # has an entry in PlayerHub._snapshot_due
-        # (version, msgpack of the effect): what a resuming session missed, newest last.
-        self.recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=resume_buffer)
+        # The msgpack of the last durable effects, for resuming sessions, newest last: the
+        # newest is version ``durable_version``, the ones before it count down by one.
+        # Bytes alone, no (version, bytes) tuples: a tuple is a container the collector
+        # tracks, and one per effect made most of the young generation (50,000 of 54,000
+        # objects at 10,000 ops/s, 14-22 ms per young collection; docs/benchmarks.md).
+        self.recent: collections.deque[bytes] = collections.deque(maxlen=resume_buffer)
         self.sessions: list[Session] = []
         # (origin session, effects, version after them), flushed to other sessions on tick
         self.pending_pushes: list[tuple[Session | None, list[AnyEffect], int]] = []
@@ -273,10 +278,7 @@ class PlayerHub:
     ) -> None:
         """The journal committed ``effects`` (the last of them is ``version``)."""
         live.durable_version = version
-        base = version - len(encoded)
-        recent = live.recent
-        for offset, data in enumerate(encoded, start=1):
-            recent.append((base + offset, data))
+        live.recent.extend(encoded)  # versions version - len + 1 .. version
         sessions = live.sessions
         # Another session than the origin exists (sessions are distinct objects).
         if len(sessions) > 1 or (sessions and sessions[0] is not origin):
@@ -350,8 +352,10 @@ class PlayerHub:
         if version == durable:
             return []
         recent = live.recent
-        if recent and recent[0][0] <= version + 1:
-            return [_effect_decoder.decode(data) for v, data in recent if version < v <= durable]
+        oldest = durable - len(recent) + 1  # the version of recent[0]
+        if recent and oldest <= version + 1:
+            missed = itertools.islice(recent, version + 1 - oldest, None)
+            return [_effect_decoder.decode(data) for data in missed]
         async with self.pool.acquire() as conn:
             return await repo.effects_since(conn, live.player_id, version, durable)
 

@@ -129,6 +129,42 @@ async def test_resume_gets_exactly_the_missed_effects(
             await client.close()
 
 
+async def test_resume_from_a_wrapped_buffer_gets_exactly_the_missed_effects(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The resume buffer holds only bytes and finds versions by position (the newest is the
+    durable version): once it has wrapped, a resume inside it must still get exactly the
+    effects after its version, and one just older than it must come from the journal."""
+    async with serving(make_settings(resume_buffer=4)) as app:
+        a, welcome = await hello_client(ws_url(app), "wrapper")
+        cells = backpack(welcome)
+        versions, effects = [welcome["version"]], []
+        for index, target in [(CLOTH_CAP, 10), (IRON_HELM, 11), (BREAD, 12), (BUCKLER, 13)]:
+            reply = await a.request(
+                "inventory.move_item", item_id=cells[index], compartment="backpack", index=target
+            )
+            assert reply["t"] == "effects", reply
+            assert len(reply["effects"]) == 1, reply  # one version per move
+            effects.extend(reply["effects"])
+            versions.append(reply["version"])
+        live = app.hub.players[welcome["player_id"]]
+        # Wrapped: the starter kit's effects are gone; the four moves fill it.
+        assert len(live.recent) == 4
+        assert live.durable_version - len(live.recent) == versions[0]
+        for k, seen in enumerate(versions):
+            other, resumed = await hello_client(ws_url(app), "wrapper", resume=seen)
+            assert resumed["resumed"] is True
+            assert resumed["effects"] == effects[k:], seen
+            await other.close()
+        # One older than the buffer holds: from the journal, still exact.
+        b, fallback = await hello_client(ws_url(app), "wrapper", resume=versions[0] - 1)
+        assert fallback["resumed"] is True
+        assert len(fallback["effects"]) == len(effects) + 1
+        assert fallback["effects"][1:] == effects
+        for client in (a, b):
+            await client.close()
+
+
 async def test_resume_older_than_buffer_and_journal_gets_full_state(
     make_settings: Callable[..., Settings], dsn: str
 ) -> None:
