@@ -10,7 +10,8 @@ in rounds that alternate base and current (A B, A B…) so the shared machine's 
 both alike, with the same load generator (``wsprobe bench``, picows engine). Scenarios
 (picows transport unless ``--transport``, durable, the equip/move mix):
 
-- ``closed-1000``: closed loop, 1,000 clients: throughput and server CPU per op;
+- ``closed-100``, ``closed-1000``: closed loop, 100 / 1,000 clients: throughput and
+  server CPU per op;
 - ``open-10k``: open loop at 10,000 ops/s, 1,000 clients: latency and CPU per op;
 - ``ping-100``: the ping ceiling, 100 clients: the transport and dispatch alone.
 
@@ -35,6 +36,7 @@ from benchmarks.run_all import Scenario, run_plan
 
 BASE_SCENARIOS: dict[str, tuple[str, str, int, float | None]] = {
     # name: (title, mix, clients, rate)
+    "closed-100": ("equip/move, closed loop", EQUIP_MIX, 100, None),
     "closed-1000": ("equip/move, closed loop", EQUIP_MIX, 1000, None),
     "open-10k": ("equip/move, open loop 10,000 ops/s", EQUIP_MIX, 1000, 10_000.0),
     "ping-100": ("ping, closed loop", PING_MIX, 100, None),

@@ -304,3 +304,81 @@ async def test_close_commits_pending_then_refuses_appends(
     assert await db.rows() == [(player, 1, effect(player, 1))]
     with pytest.raises(RuntimeError):
         journal.append(player, 2, 1, [effect(player, 2)], rec.callback(2))
+
+
+async def test_lanes_commit_other_players_while_one_commit_waits(
+    db: Db, make_journal: Callable[..., Awaitable[Journal]]
+) -> None:
+    """With two lanes, a commit that cannot finish holds up only its own players: the other
+    players' rows commit on the second lane and are acknowledged. The stuck player's later
+    rows wait for its first commit (never two commits of one player at once), so the table
+    never has a gap in its versions and its callbacks still run in order."""
+    rec = Recorder()
+    journal = await make_journal(metrics=rec.metrics(), lanes=2)
+    first, second, third = db.players
+    others_done = asyncio.Event()
+    others: list[tuple[int, int]] = []
+
+    def other(tag: tuple[int, int]) -> Callable[[], None]:
+        def fired() -> None:
+            rec.events.append(tag)
+            others.append(tag)
+            if len(others) == 3:
+                others_done.set()
+
+        return fired
+
+    # An uncommitted row with the same key makes the writer's INSERT of (first, 1) wait
+    # for this transaction: a lock on one player's rows only.
+    blocker = await asyncpg.connect(db.dsn)
+    await blocker.execute("BEGIN")
+    await blocker.execute(
+        "INSERT INTO journal (player_id, version, tick, effect) VALUES ($1, 1, 0, 'x')", first
+    )
+    try:
+        journal.append(first, 1, 1, [effect(first, 1)], rec.callback((first, 1)))
+        await db.wait_until_writer_blocked()
+        journal.append(first, 2, 1, [effect(first, 2)], rec.callback((first, 2)))
+        journal.append(second, 1, 1, [effect(second, 1)], other((second, 1)))
+        journal.append(third, 1, 1, [effect(third, 1)], other((third, 1)))
+        journal.append(second, 2, 1, [effect(second, 2)], other((second, 2)))
+        async with asyncio.timeout(DEADLINE_S):
+            await others_done.wait()
+        assert others == [(second, 1), (third, 1), (second, 2)]
+        assert rec.batches == [3]  # the others, in one commit on the second lane
+        assert (first, 1) not in rec.events and (first, 2) not in rec.events
+        committed = {(p, v) for p, v, _ in await db.rows()}
+        assert committed == {(second, 1), (second, 2), (third, 1)}  # no (first, 2): no gap
+    finally:
+        await blocker.execute("ROLLBACK")
+        await blocker.close()
+    async with asyncio.timeout(DEADLINE_S):
+        await journal.flush()
+    assert rec.batches == [3, 1, 1]  # first's rows: one commit each, in order
+    assert [e for e in rec.fired() if e[0] == first] == [(first, 1), (first, 2)]
+    assert await db.rows() == sorted(
+        (p, v, effect(p, v))
+        for p, v in [(first, 1), (first, 2), (second, 1), (second, 2), (third, 1)]
+    )
+    assert journal.committed_rows == 5
+
+
+async def test_lanes_split_a_big_append_without_overlap(
+    db: Db, make_journal: Callable[..., Awaitable[Journal]]
+) -> None:
+    """An append larger than a batch is split; with free lanes the parts still commit one
+    after the other (its player is in flight), its callback after the last part."""
+    rec = Recorder()
+    journal = await make_journal(metrics=rec.metrics(), lanes=3, max_batch_rows=10)
+    player, other_player = db.players[0], db.players[1]
+    journal.append(player, 1, 1, [effect(player, v) for v in range(1, 26)], rec.callback("big"))
+    journal.append(other_player, 1, 1, [effect(other_player, 1)], rec.callback("other"))
+    async with asyncio.timeout(DEADLINE_S):
+        await journal.flush()
+    assert sorted(rec.batches) == [1, 5, 10, 10]
+    assert rec.fired().count("big") == 1 and rec.fired().count("other") == 1
+    # "big" only after all three of its parts: every batch of its rows came before it.
+    assert rec.events.index("big") > max(
+        i for i, e in enumerate(rec.events) if e in (("batch", 10), ("batch", 5))
+    )
+    assert [v for p, v, _ in await db.rows() if p == player] == list(range(1, 26))
