@@ -137,7 +137,6 @@ class App:
             lambda: asyncpg.connect(self.dsn),
             mode=s.durability,
             metrics=JournalMetrics(on_batch=on_batch, on_retry=lambda exc: m.journal_retries.inc()),
-            lanes=s.journal_lanes,
         )
         await self.journal.start()
         self.driver = TickDriver(

@@ -81,11 +81,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     db_pool_size: Annotated[int, msgspec.Meta(ge=1)] = 8
     snapshot_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     journal_keep_versions: Annotated[int, msgspec.Meta(ge=0)] = 256
-    # Journal commits in flight at once, each on its own connection (persistence/journal.py,
-    # "Lanes"): a stalled commit then holds up only its own players. 1 = a single writer,
-    # the default: 2 lanes cost 17 % more server CPU per op and a 4x worse p99 at 10,000
-    # ops/s with Postgres on the same 2 cores (docs/benchmarks.md, "Journal lanes").
-    journal_lanes: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
     resume_buffer: Annotated[int, msgspec.Meta(ge=0)] = 256
     evict_after_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
