@@ -212,6 +212,7 @@ def run_plan(
     ``results/<time>-<tag>.json`` unless ``args.no_save``. For the side-by-side scripts
     (transport_bench, gc_bench)."""
     data_root = Path(tempfile.mkdtemp(prefix=f"gh-{tag}-", dir="/tmp"))
+    meta = _meta(args)  # before the run: its "started" is the start
     started = time.monotonic()
     try:
         entries = [run_scenario(s, args, data_root, i) for i, s in enumerate(plan)]
@@ -219,7 +220,7 @@ def run_plan(
         shutil.rmtree(data_root, ignore_errors=True)
     summary = summarize(entries)
     result = {
-        "meta": {**_meta(args), "elapsed_s": round(time.monotonic() - started, 1)},
+        "meta": {**meta, "elapsed_s": round(time.monotonic() - started, 1)},
         "summary": summary,
         "scenarios": entries,
     }
