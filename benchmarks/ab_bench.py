@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             plan(names, args.rounds, args.transport, worktree),
             args,
             tag="ab",
-            summarize=lambda entries: summarize(entries, names),
+            summarize=lambda entries: {"base": args.base, **summarize(entries, names)},
             render=render,
         )
     finally:
