@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import EQUIP_MIX, PING_MIX, ROOT
-from benchmarks.run_all import Scenario, run_plan
+from benchmarks.run_all import Scenario, figures, run_plan
 
 BASE_SCENARIOS: dict[str, tuple[str, str, int, float | None]] = {
     # name: (title, mix, clients, rate)
@@ -65,24 +65,6 @@ def plan(names: list[str], rounds: int, transport: str, base: Path) -> list[Scen
     return out
 
 
-def _figures(e: dict[str, Any]) -> dict[str, Any]:
-    if "error" in e:
-        return {"error": e["error"]}
-    lat = e["load"]["latency"]
-    pct = e["server"].get("server_cpu_pct_of_core")
-    ops = e["load"]["ops_per_s"]
-    return {
-        "ops_per_s": ops,
-        "p50_ms": lat["p50_ms"],
-        "p99_ms": lat["p99_ms"],
-        "p999_ms": lat["p999_ms"],
-        "errors": sum(e["load"]["errors"].values()),
-        "server_cpu_us_per_op": round(pct / 100 / ops * 1e6, 1) if pct and ops else None,
-        # requests over 5 ms inside the server: is a client-side tail the server's?
-        "server_over_5ms_pct": e["server"].get("server_requests_over_5ms_pct"),
-    }
-
-
 KEYS = ("ops_per_s", "server_cpu_us_per_op", "p50_ms", "p99_ms", "p999_ms", "server_over_5ms_pct")
 
 
@@ -91,7 +73,7 @@ def summarize(entries: list[dict[str, Any]], names: list[str]) -> dict[str, Any]
     for name in names:
         row: dict[str, Any] = {"scenario": name}
         for side in SIDES:
-            runs = [_figures(e) for e in entries if e["name"].startswith(f"{name}-{side}-")]
+            runs = [figures(e) for e in entries if e["name"].startswith(f"{name}-{side}-")]
             ok = [r for r in runs if "error" not in r]
             medians = {
                 k: round(statistics.median(r[k] for r in ok), 2)

@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from benchmarks.harness import EQUIP_MIX
-from benchmarks.run_all import Scenario, run_plan
+from benchmarks.run_all import Scenario, figures, run_plan
 
 DEFAULT_THRESHOLDS = (50_000, 10_000, 2_000)
 
@@ -60,28 +60,12 @@ def plan(thresholds: list[int], rounds: int, closed: bool) -> list[Scenario]:
     return out
 
 
-def _figures(e: dict[str, Any]) -> dict[str, Any]:
-    if "error" in e:
-        return {"error": e["error"]}
-    lat = e["load"]["latency"]
-    pct = e["server"].get("server_cpu_pct_of_core")
-    ops = e["load"]["ops_per_s"]
-    return {
-        "ops_per_s": ops,
-        "p50_ms": lat["p50_ms"],
-        "p99_ms": lat["p99_ms"],
-        "p999_ms": lat["p999_ms"],
-        "errors": sum(e["load"]["errors"].values()),
-        "server_cpu_us_per_op": round(pct / 100 / ops * 1e6, 1) if pct and ops else None,
-    }
-
-
 def summarize(entries: list[dict[str, Any]], thresholds: list[int]) -> dict[str, Any]:
     rows = []
     for t in thresholds:
-        runs = [_figures(e) for e in entries if e["name"].startswith(f"open-10k-gc{t}-")]
+        runs = [figures(e) for e in entries if e["name"].startswith(f"open-10k-gc{t}-")]
         ok = [r for r in runs if "error" not in r]
-        closed = [_figures(e) for e in entries if e["name"] == f"closed-1000-gc{t}"]
+        closed = [figures(e) for e in entries if e["name"] == f"closed-1000-gc{t}"]
         row: dict[str, Any] = {"threshold": t, "rounds": runs}
         if ok:
             for key in ("p50_ms", "p99_ms", "p999_ms", "ops_per_s"):

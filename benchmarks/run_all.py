@@ -199,6 +199,25 @@ def run_scenario(
     return entry
 
 
+def figures(entry: dict[str, Any]) -> dict[str, Any]:
+    """One scenario's headline figures, for the side-by-side scripts (gc_bench, ab_bench)."""
+    if "error" in entry:
+        return {"error": entry["error"]}
+    lat = entry["load"]["latency"]
+    pct = entry["server"].get("server_cpu_pct_of_core")
+    ops = entry["load"]["ops_per_s"]
+    return {
+        "ops_per_s": ops,
+        "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"],
+        "p999_ms": lat["p999_ms"],
+        "errors": sum(entry["load"]["errors"].values()),
+        "server_cpu_us_per_op": round(pct / 100 / ops * 1e6, 1) if pct and ops else None,
+        # requests over 5 ms inside the server: is a client-side tail the server's?
+        "server_over_5ms_pct": entry["server"].get("server_requests_over_5ms_pct"),
+    }
+
+
 def run_plan(
     plan: list[Scenario],
     args: argparse.Namespace,

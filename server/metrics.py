@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -41,30 +42,6 @@ class LoopCounterChild:
         self.value += amount
 
 
-class LoopCounter(Collector):
-    """A counter with one label, for the event loop's thread only (no lock)."""
-
-    def __init__(self, name: str, documentation: str, label: str, registry: CollectorRegistry):
-        self._name, self._doc, self._label = name, documentation, label
-        self._children: dict[str, LoopCounterChild] = {}
-        registry.register(self)
-
-    def labels(self, value: str) -> LoopCounterChild:
-        child = self._children.get(value)
-        if child is None:
-            child = self._children[value] = LoopCounterChild()
-        return child
-
-    def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(self._name, self._doc, labels=[self._label])
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
-        for value, child in self._children.items():
-            family.add_metric([value], child.value)
-        yield family
-
-
 class LoopHistogramChild:
     __slots__ = ("bounds", "counts", "sum")
 
@@ -79,8 +56,67 @@ class LoopHistogramChild:
         self.sum += amount
 
 
-class LoopHistogram(Collector):
-    """A histogram with one label, for the event loop's thread only (no lock)."""
+_Child = TypeVar("_Child", LoopCounterChild, LoopHistogramChild)
+
+
+class _LoopFamily(Collector, Generic[_Child]):
+    """A metric with one label, for the event loop's thread only (no lock): one child per
+    label value, made on first use by ``new_child``."""
+
+    def __init__(
+        self,
+        *,
+        family: Callable[..., Metric],
+        name: str,
+        documentation: str,
+        label: str,
+        new_child: Callable[[], _Child],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._family, self._name, self._doc, self._label = family, name, documentation, label
+        self._new_child: Callable[[], _Child] = new_child
+        self._children: dict[str, _Child] = {}
+        registry.register(self)
+
+    def labels(self, value: str) -> _Child:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self._new_child()
+        return child
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family(self._name, self._doc, labels=[self._label])
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family(self._name, self._doc, labels=[self._label])
+        for value, child in self._children.items():
+            self._add(family, value, child)
+        yield family
+
+    def _add(self, family: Metric, value: str, child: _Child) -> None:
+        raise NotImplementedError
+
+
+class LoopCounter(_LoopFamily[LoopCounterChild]):
+    """A counter with one label, for the event loop's thread only."""
+
+    def __init__(self, name: str, documentation: str, label: str, registry: CollectorRegistry):
+        super().__init__(
+            family=CounterMetricFamily,
+            name=name,
+            documentation=documentation,
+            label=label,
+            new_child=LoopCounterChild,
+            registry=registry,
+        )
+
+    def _add(self, family: Metric, value: str, child: LoopCounterChild) -> None:
+        assert isinstance(family, CounterMetricFamily)
+        family.add_metric([value], child.value)
+
+
+class LoopHistogram(_LoopFamily[LoopHistogramChild]):
+    """A histogram with one label, for the event loop's thread only."""
 
     def __init__(
         self,
@@ -90,29 +126,23 @@ class LoopHistogram(Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ):
-        self._name, self._doc, self._label = name, documentation, label
-        self._bounds = tuple(sorted(buckets))
-        self._children: dict[str, LoopHistogramChild] = {}
-        registry.register(self)
+        bounds = self._bounds = tuple(sorted(buckets))
+        super().__init__(
+            family=HistogramMetricFamily,
+            name=name,
+            documentation=documentation,
+            label=label,
+            new_child=lambda: LoopHistogramChild(bounds),
+            registry=registry,
+        )
 
-    def labels(self, value: str) -> LoopHistogramChild:
-        child = self._children.get(value)
-        if child is None:
-            child = self._children[value] = LoopHistogramChild(self._bounds)
-        return child
-
-    def describe(self) -> Iterator[Metric]:
-        yield HistogramMetricFamily(self._name, self._doc, labels=[self._label])
-
-    def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self._name, self._doc, labels=[self._label])
-        for value, child in self._children.items():
-            cumulative, buckets = 0, []
-            for bound, count in zip((*self._bounds, float("inf")), child.counts, strict=True):
-                cumulative += count
-                buckets.append((_go_float(bound), float(cumulative)))
-            family.add_metric([value], buckets, child.sum)
-        yield family
+    def _add(self, family: Metric, value: str, child: LoopHistogramChild) -> None:
+        assert isinstance(family, HistogramMetricFamily)
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self._bounds, float("inf")), child.counts, strict=True):
+            cumulative += count
+            buckets.append((_go_float(bound), float(cumulative)))
+        family.add_metric([value], buckets, child.sum)
 
 
 class GcPauses:
