@@ -253,7 +253,10 @@ class App:
     def _on_tick(self, tick: int) -> None:
         started = self.metrics.tick_duration.time()
         with started:
-            self.hub.on_tick(tick)
+            try:
+                self.hub.on_tick(tick)
+            except Exception:  # a bug: keep ticking, and never fail the request it ran in
+                log.exception("tick %d failed", tick)
 
     # --- stop -------------------------------------------------------------------------------
 

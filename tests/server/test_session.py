@@ -86,6 +86,30 @@ async def force_snapshot(app: App, player_id: int) -> None:
         await asyncio.sleep(0)
 
 
+# --- ticks ---------------------------------------------------------------------------------
+
+
+async def test_a_due_tick_starts_from_the_request_path(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Under load the event loop runs its timers late, so a message that arrives after a
+    tick's deadline starts the tick itself (sim/driver.py). With the driver's own timer
+    stopped, ticks advance only that way."""
+    async with serving(make_settings(tick_hz=1000)) as app:
+        client, _ = await hello_client(ws_url(app), "ticker")
+        app.driver.stop()
+        assert app._driver_task is not None
+        await app._driver_task  # the timer loop has ended
+        before = app.driver.current
+        while time.monotonic() < app.driver.due:  # at most 1 ms; the loop runs nothing
+            pass
+        assert app.driver.current == before  # nothing ticks by itself any more
+        reply = await client.request("ping")
+        assert reply["t"] == "pong", reply
+        assert app.driver.current > before
+        await client.close()
+
+
 # --- resume --------------------------------------------------------------------------------
 
 

@@ -154,6 +154,22 @@ def test_seconds_to_next() -> None:
     assert driver.seconds_to_next() == pytest.approx(0.001)  # 149 ms in, next at 150
 
 
+def test_due_is_the_next_boundary_on_the_monotonic_clock() -> None:
+    """``due`` is what the request path compares the monotonic clock with: it must be the
+    next tick's start, before and after each step, late steps included."""
+    driver, clock, ticks = make(20, FakeClock(EPOCH_MS + 10))
+    assert driver.due == pytest.approx(clock.monotonic() + 0.040)
+    clock.advance(39)
+    assert clock.monotonic() < driver.due  # not yet: a poll would run nothing
+    clock.advance(1)
+    assert clock.monotonic() >= driver.due
+    assert driver.step() == 0 and len(ticks.ticks) == 1
+    assert driver.due == pytest.approx(clock.monotonic() + 0.050)
+    clock.advance(120)  # late by two ticks and a bit: due moves to the next boundary
+    driver.step()
+    assert driver.due == pytest.approx(clock.monotonic() + 0.030)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     hz=st.sampled_from((10, 20, 25, 50)),
