@@ -26,22 +26,13 @@ from server.app import App
 from server.config import Settings
 from tests.support.client import JSON, MSGPACK, Client
 from tests.support.http import http_get
+from tests.support.serving import serving
 
 ERROR_KEYS = {"t", "rid", "code", "message", "details"}
 DEADLINE_S = 10.0
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[App]:
-    app = App(settings)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
 
 
 def ws_url(app: App) -> str:

@@ -9,11 +9,10 @@ observe as an event (the server noticing a closed socket) are polled with a dead
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -34,6 +33,7 @@ from server.config import ConfigError, Settings, load_settings
 from server.http import HttpRequest, HttpResponse
 from tests.support.client import JSON, Client
 from tests.support.http import http_get
+from tests.support.serving import serving
 
 DEADLINE_S = 10.0
 ECHO = "/test/echo"
@@ -42,16 +42,6 @@ FOREIGN = "https://evil.example"
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[App]:
-    app = App(settings)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
 
 
 @dataclass

@@ -11,10 +11,9 @@ shipped one (:func:`tuned`), given to the ``App`` directly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -28,6 +27,7 @@ from server.config import Settings
 from sim.templates import DEFAULT_TEMPLATES, Catalog, parse_templates
 from tests.support.client import JSON, MSGPACK, Client
 from tests.support.http import http_get
+from tests.support.serving import serving
 
 DEADLINE_S = 10.0
 ENCODINGS = [(JSON, MSGPACK), (MSGPACK, JSON)]
@@ -68,16 +68,6 @@ def tuned(**templates: dict[str, str]) -> Catalog:
         blocks[position] = text
     assert not pending, f"no such templates: {sorted(pending)}"
     return parse_templates(head + "".join(f"[[template]]\n{b}" for b in blocks), "tuned.toml")
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings, catalog: Catalog | None = None) -> AsyncIterator[App]:
-    app = App(settings, catalog=catalog)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
 
 
 def ws_url(app: App) -> str:

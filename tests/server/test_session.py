@@ -4,9 +4,8 @@ errors as the client sees them, HTTP endpoints and authentication."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -17,6 +16,7 @@ from server.app import App
 from server.config import Settings
 from tests.support.client import JSON, MSGPACK, Client
 from tests.support.http import http_get
+from tests.support.serving import serving
 
 ERROR_KEYS = {"t", "rid", "code", "message", "details"}
 DEADLINE_S = 10.0
@@ -27,16 +27,6 @@ SHORT_SWORD, BUCKLER, BREAD, TRAINING_MANUAL = 5, 6, 7, 8
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[App]:
-    app = App(settings)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
 
 
 def ws_url(app: App) -> str:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import hashlib
 import hmac
 import http.client
@@ -81,7 +80,7 @@ from server.domains.accounts.http import (
 from server.domains.accounts.principal import Principal
 from server.domains.accounts.service import Client, token_hash
 from server.http import HttpRequest, HttpResponse, PostHandler
-from server.ratelimit import TokenBucket
+from server.ratelimit import KeyedBuckets
 
 if TYPE_CHECKING:
     from server.app import App
@@ -265,24 +264,6 @@ class Identity:
     email_verified: bool
 
 
-class _StartLimits:
-    """``auth.oidc_start`` per client address (per node), bounded in memory."""
-
-    MAX_TRACKED = 10_000
-
-    def __init__(self, per_minute: int) -> None:
-        self._rate = per_minute / 60.0
-        self._burst = per_minute
-        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
-
-    def take(self, ip: str, now: float) -> int:
-        bucket = self._buckets.pop(ip, None) or TokenBucket(self._rate, self._burst, now)
-        self._buckets[ip] = bucket
-        if len(self._buckets) > self.MAX_TRACKED:
-            self._buckets.popitem(last=False)
-        return bucket.take(now)
-
-
 class Provider:
     """The configured issuer as one node sees it: its endpoints and keys (cached), the
     token exchange and ID-token verification."""
@@ -299,7 +280,8 @@ class Provider:
         self._endpoints: Endpoints | None = None
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._keys_at = -math.inf
-        self.starts = _StartLimits(STARTS_PER_IP_PER_MINUTE)
+        # auth.oidc_start per client address (per node)
+        self.starts = KeyedBuckets(STARTS_PER_IP_PER_MINUTE / 60.0, STARTS_PER_IP_PER_MINUTE)
 
     async def _request(
         self, url: str, what: str, form: dict[str, str] | None = None

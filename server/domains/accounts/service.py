@@ -10,7 +10,6 @@ Tokens are 256-bit random strings with a type prefix (``gha_`` access, ``ghr_`` 
 from __future__ import annotations
 
 import base64
-import collections
 import hashlib
 import hmac
 import logging
@@ -42,7 +41,7 @@ from protocol.errors import (
 from server.domains.accounts import rules
 from server.domains.accounts.passwords import Passwords
 from server.domains.accounts.principal import Principal
-from server.ratelimit import TokenBucket
+from server.ratelimit import KeyedBuckets
 
 if TYPE_CHECKING:
     from server.app import App
@@ -76,24 +75,6 @@ class Client:
     user_agent: str = ""
 
 
-class _SignupLimits:
-    """Sign-ups per client address (per node), bounded in memory."""
-
-    MAX_TRACKED = 10_000
-
-    def __init__(self, per_hour: int) -> None:
-        self._rate = per_hour / 3600.0
-        self._burst = max(1, per_hour // 4)
-        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
-
-    def take(self, ip: str, now: float) -> int:
-        bucket = self._buckets.pop(ip, None) or TokenBucket(self._rate, self._burst, now)
-        self._buckets[ip] = bucket
-        if len(self._buckets) > self.MAX_TRACKED:
-            self._buckets.popitem(last=False)
-        return bucket.take(now)
-
-
 class Accounts:
     """The accounts service of one node."""
 
@@ -108,7 +89,9 @@ class Accounts:
             workers=s.hash_workers,
             queue_max=s.hash_queue_max,
         )
-        self._signups = _SignupLimits(s.signups_per_ip_per_hour)
+        # Sign-ups per client address (per node): the hourly allowance, a quarter at once.
+        per_hour = s.signups_per_ip_per_hour
+        self._signups = KeyedBuckets(per_hour / 3600.0, max(1, per_hour // 4))
         # Read the common-password list now, at start-up, not on the event loop at the
         # first sign-up (a gzip of 19,640 lines).
         rules.common_passwords()
