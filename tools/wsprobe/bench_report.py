@@ -33,8 +33,9 @@ class LoadError(Exception):
     """The run could not be carried out (no client connected, a worker died)."""
 
 
-EngineName = Literal["websockets", "picows"]
-"""The WebSocket library the load clients run on (``bench_engine.py``)."""
+EngineName = Literal["websockets", "picows", "c"]
+"""The WebSocket library the load clients run on (``bench_engine.py``): ``c`` is a child
+process in C (``bench_c.py``)."""
 ENGINES: tuple[EngineName, ...] = get_args(EngineName)
 
 
