@@ -1,9 +1,8 @@
 """``wsprobe bench`` as a real subprocess against a real server (in the test's event loop):
 the report on stdout, progress and summary on stderr, exit codes, both encodings, closed and
-open loop (on every client engine), errors counted by code, TLS, Origin, refused connections
+open loop (on both client engines), errors counted by code, TLS, Origin, refused connections
 and the plot. Everything else runs on the default engine; test_bench_picows.py has the picows
-engine against both server transports, and frame-level cases with every engine;
-test_bench_c.py the c engine.
+engine against both server transports, and frame-level cases with both engines.
 
 Runs are short (about a second measured, a handful of clients): nothing here measures
 performance. What is asserted is what the generator must get exactly right whatever the
@@ -34,15 +33,6 @@ from tools.wsprobe.client import ProbeClient
 from tools.wsprobe.plans import parse_mix, wrr_cycle
 
 EVERY_KIND = "equip:1,move:1,stack:1,sort:1,stats:1,ping:1"
-
-
-def runnable(mix: str, engine: str) -> str:
-    """``mix`` without the kinds ``engine`` cannot run (the c engine: ``stack``)."""
-    if engine != "c":
-        return mix
-    return ",".join(item for item in mix.split(",") if item.split(":")[0] != "stack")
-
-
 PROGRESS = re.compile(r"^ *\d+(\.\d+)?s +[\d,]+ ops/s  errors [\d,]+  p99 \d+\.\d\d ms$")
 SHORT = ("--warmup", "0.5", "--duration", "1.5")
 
@@ -127,7 +117,7 @@ def assert_percentiles_ordered(latency: dict[str, Any]) -> None:
 async def test_a_closed_loop_mix_over_two_processes(
     fast_url: str, encoding: str, engine: str
 ) -> None:
-    mix = runnable("equip:3,move:2,stack:1,ping:2", engine)
+    mix = "equip:3,move:2,stack:1,ping:2"
     extra = ["--msgpack", "--quiet"] if encoding == "msgpack" else []
     result, report = await bench(
         fast_url, "--clients", "4", "--processes", "2", "--mix", mix, *SHORT, *extra,
@@ -183,9 +173,8 @@ async def test_an_open_loop_sends_exactly_what_its_schedule_says(
     # second worker is half a step behind: 37.5 ops fall to 37), 112 in all for 112.5 = rate
     # x duration. Every scheduled op is counted, as an op or as an error.
     rate, duration = 90.0, 1.25
-    mix = runnable(EVERY_KIND, engine)
     result, report = await bench(
-        fast_url, "--clients", "3", "--processes", "2", "--rate", "90", "--mix", mix,
+        fast_url, "--clients", "3", "--processes", "2", "--rate", "90", "--mix", EVERY_KIND,
         "--warmup", "0.5", "--duration", "1.25", "--msgpack", "--engine", engine,
     )  # fmt: skip
     assert result.code == 0, result
@@ -198,7 +187,7 @@ async def test_an_open_loop_sends_exactly_what_its_schedule_says(
     assert report["ops"] + report["error_count"] == expected, report
     # Every kind is valid with replies outstanding: a healthy server answers them all.
     assert report["errors"] == {}, result
-    assert set(report["ops_by_kind"]) == set(parse_mix(mix))
+    assert set(report["ops_by_kind"]) == set(parse_mix(EVERY_KIND))
     assert_percentiles_ordered(report["latency"])
     assert_percentiles_ordered(report["service_latency"])
     assert report["service_latency"]["count"] == report["ops"]

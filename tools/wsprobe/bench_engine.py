@@ -247,7 +247,3 @@ class Pool(Protocol):
 
     async def close(self) -> None:
         """Close every connection."""
-
-    def child_cpu_seconds(self) -> float:
-        """CPU time of the processes the engine runs its clients in besides the worker
-        (0 for an engine that runs them in the worker itself)."""

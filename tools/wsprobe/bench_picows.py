@@ -509,9 +509,6 @@ class PicowsPool:
         if lost:
             rec.error("no_reply", lost)
 
-    def child_cpu_seconds(self) -> float:
-        return 0.0  # the clients run in the worker
-
     async def close(self) -> None:
         """Send every client's close and wait for the server's answers (or drop them)."""
         for client in self.clients:

@@ -33,9 +33,8 @@ class LoadError(Exception):
     """The run could not be carried out (no client connected, a worker died)."""
 
 
-EngineName = Literal["websockets", "picows", "c"]
-"""The WebSocket library the load clients run on (``bench_engine.py``): ``c`` is a child
-process in C (``bench_c.py``)."""
+EngineName = Literal["websockets", "picows"]
+"""The WebSocket library the load clients run on (``bench_engine.py``)."""
 ENGINES: tuple[EngineName, ...] = get_args(EngineName)
 
 

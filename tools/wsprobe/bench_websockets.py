@@ -187,8 +187,5 @@ class WebsocketsPool:
         if lost:
             rec.error("no_reply", lost)
 
-    def child_cpu_seconds(self) -> float:
-        return 0.0  # the clients run in the worker
-
     async def close(self) -> None:
         await asyncio.gather(*(c.ws.close() for c in self.clients), return_exceptions=True)

@@ -1,8 +1,8 @@
 """The worker process of ``wsprobe bench``: connect a slice of the clients, run the closed or
 open loop, record, and report to the parent over a pipe (see ``load.py`` for the shape of a
 run and the parent's side). The clients themselves are an engine's (:func:`make_pool`, the
-one place that picks it: ``bench_websockets.py``, ``bench_picows.py`` or ``bench_c.py``;
-what an engine must do is in ``bench_engine.py``).
+one place that picks it: ``bench_websockets.py`` or ``bench_picows.py``; what an engine must
+do is in ``bench_engine.py``).
 
 The worker says :class:`ReadyMsg` once its clients are connected, waits for one
 :class:`StartMsg`, sends an :class:`IntervalMsg` at every progress boundary of the measured
@@ -32,7 +32,6 @@ from multiprocessing.connection import Connection
 import msgspec
 import uvloop
 
-from tools.wsprobe.bench_c import CPool
 from tools.wsprobe.bench_engine import Pool, Recorder, Schedule, Setup, Window, schedule_bounds
 from tools.wsprobe.bench_picows import PicowsPool
 from tools.wsprobe.bench_report import EngineName, Interval, LoadConfig, WorkerResult
@@ -77,7 +76,6 @@ encode = msgspec.msgpack.Encoder().encode
 _POOLS: dict[EngineName, Callable[[LoadConfig], Pool]] = {
     "websockets": WebsocketsPool,
     "picows": PicowsPool,
-    "c": CPool,
 }
 
 
@@ -95,11 +93,8 @@ class _Reporter:
     """Cuts the worker's recorder at every interval boundary and sends it to the parent;
     keeps the running totals and the CPU marks at the window's edges."""
 
-    def __init__(
-        self, config: LoadConfig, conn: Connection, rec: Recorder, cpu: Callable[[], float]
-    ) -> None:
+    def __init__(self, config: LoadConfig, conn: Connection, rec: Recorder) -> None:
         self.config = config
-        self.cpu = cpu
         self.conn = conn
         self.rec = rec
         self.totals = Recorder(rec.kinds)
@@ -109,13 +104,13 @@ class _Reporter:
     async def run(self, window: Window) -> None:
         """Wait out the window, sending every interval but the last (see :meth:`last`)."""
         await asyncio.sleep(max(0.0, window.start - time.monotonic()))
-        self.cpu_start = self._cpu_mark = self.cpu()
+        self.cpu_start = self._cpu_mark = _cpu_seconds()
         for index in range(self.config.intervals() - 1):
             at = window.start + self.config.interval_end(index)
             await asyncio.sleep(max(0.0, at - time.monotonic()))
             self._send()
         await asyncio.sleep(max(0.0, window.end - time.monotonic()))
-        self.cpu_end = self.cpu()
+        self.cpu_end = _cpu_seconds()
 
     def last(self) -> None:
         """The last interval, once the drain is over: it holds the late replies too."""
@@ -124,7 +119,7 @@ class _Reporter:
     def _send(self) -> None:
         part = self.rec.cut()
         self.totals.absorb(part)
-        cpu = self.cpu()
+        cpu = _cpu_seconds()
         interval = Interval(
             index=self.sent,
             ops=part.ops,
@@ -169,7 +164,7 @@ async def _run_worker(
     start_msg = to_worker.decode(await asyncio.to_thread(conn.recv_bytes))
     begin = start_msg.start_at
     window = Window(begin, begin + config.warmup_s, begin + config.warmup_s + config.duration_s)
-    reporter = _Reporter(config, conn, rec, lambda: _cpu_seconds() + pool.child_cpu_seconds())
+    reporter = _Reporter(config, conn, rec)
     clock_task = asyncio.create_task(reporter.run(window))
     await asyncio.sleep(max(0.0, begin - time.monotonic()))
     scheduled: int | None = None

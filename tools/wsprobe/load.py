@@ -34,11 +34,11 @@ generator spent behind its own schedule.
 
 Where things are: this module is the parent and the ``bench`` command; ``bench_worker.py``
 the worker process; ``bench_engine.py`` what the client engines share and must do,
-``bench_picows.py``, ``bench_websockets.py`` and ``bench_c.py`` the engines (``--engine``);
-``bench_report.py`` the configuration, report, timeline and summary; ``plans.py`` the mixes
-and their kinds; ``stats.py`` the histogram; ``plot.py`` the figure. Workers run uvloop, and
-by default the picows engine: the generator shares the machine with the server it
-measures, so every CPU cycle it saves is one the server can use.
+``bench_picows.py`` and ``bench_websockets.py`` the engines (``--engine``); ``bench_report.py``
+the configuration, report, timeline and summary; ``plans.py`` the mixes and their kinds;
+``stats.py`` the histogram; ``plot.py`` the figure. Workers run uvloop, and by default the
+picows engine: the generator shares the machine with the server it measures, so every CPU
+cycle it saves is one the server can use.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from pathlib import Path
 
 import msgspec
 
-from tools.wsprobe import bench_c, common
+from tools.wsprobe import common
 from tools.wsprobe.bench_report import (
     ENGINES,
     LoadConfig,
@@ -206,11 +206,6 @@ def run_load(
         raise ValueError("the mix must name a kind and the interval be positive")
     procs = max(1, min(config.procs, config.clients))
     config = msgspec.structs.replace(config, procs=procs)
-    if config.engine == "c":
-        try:
-            bench_c.check(config)  # and build it once, before the workers need it
-        except bench_c.CEngineError as exc:
-            raise LoadError(str(exc)) from None
     parent = _Parent(config, progress)
     try:
         parent.spawn()
@@ -343,9 +338,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     bench.add_argument(
         "--engine", choices=ENGINES, default="picows",
-        help="the clients' WebSocket library: picows (about half the CPU per request), "
-        "websockets (the reference) or c (a child process in C, built with cc on first use: "
-        "ws:// only, every kind but stack; default: picows)",
+        help="the clients' WebSocket library: picows (about half the CPU per request) or "
+        "websockets, the reference (default: picows)",
     )  # fmt: skip
     bench.add_argument(
         "--run-id", help="players are dev:bench-<run-id>-<i> (default: new players each run)"
