@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import EQUIP_MIX, PING_MIX, ROOT
-from benchmarks.run_all import Scenario, figures, run_plan
+from benchmarks.run_all import Scenario, add_generator_arguments, figures, run_plan
 
 BASE_SCENARIOS: dict[str, tuple[str, str, int, float | None]] = {
     # name: (title, mix, clients, rate)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=("websockets", "picows"), default="picows")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    add_generator_arguments(parser)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     args.quick, args.msgpack, args.gc_threshold = False, False, None  # read by run_scenario

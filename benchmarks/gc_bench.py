@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from benchmarks.harness import EQUIP_MIX
-from benchmarks.run_all import Scenario, figures, run_plan
+from benchmarks.run_all import Scenario, add_generator_arguments, figures, run_plan
 
 DEFAULT_THRESHOLDS = (50_000, 10_000, 2_000)
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    add_generator_arguments(parser)
     parser.add_argument("--no-closed", action="store_true", help="skip the closed-loop runs")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)

@@ -55,6 +55,7 @@ from benchmarks.harness import (
     ServerProcess,
     WindowSampler,
 )
+from tools.wsprobe.bench_report import ENGINES
 from tools.wsprobe.common import ConnectOptions
 from tools.wsprobe.load import LoadConfig, LoadError, Progress, run_load
 from tools.wsprobe.plans import parse_mix
@@ -122,6 +123,15 @@ def _git(*args: str) -> str:
     return out.stdout.strip()
 
 
+def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--procs`` and ``--engine``: how ``wsprobe bench`` generates the load."""
+    parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="picows",
+        help="the generator's client engine (default picows)",
+    )  # fmt: skip
+
+
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -135,6 +145,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "procs": args.procs,
+        "generator_engine": getattr(args, "engine", None),  # login_bench has no wsprobe
         "encoding": "msgpack" if args.msgpack else "json",
         "server_gc_threshold": args.gc_threshold,
     }
@@ -181,6 +192,7 @@ def run_scenario(
             procs=args.procs,
             rate=scenario.rate,
             run_id=f"{time.strftime('%H%M%S')}{index}",
+            engine=args.engine,
         )
         # Live progress only on a terminal: in a log, the summary below says it all.
         progress = Progress(sys.stderr) if sys.stderr.isatty() else None
@@ -424,7 +436,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--duration", type=float, help="measured seconds per scenario")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each window")
-    parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    add_generator_arguments(parser)
     parser.add_argument("--msgpack", action="store_true", help="gearhall.v1.msgpack frames")
     parser.add_argument("--profile", action="store_true", help="also py-spy the server")
     parser.add_argument(

@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 from benchmarks.harness import EQUIP_MIX, PING_MIX
-from benchmarks.run_all import Scenario, run_plan
+from benchmarks.run_all import Scenario, add_generator_arguments, run_plan
 
 TRANSPORTS = ("websockets", "picows")
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    add_generator_arguments(parser)
     parser.add_argument("--only", action="append", choices=BASE_NAMES, metavar="NAME")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
