@@ -14,6 +14,8 @@ traceback and never described to the client.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,18 +36,30 @@ log = logging.getLogger("gearhall.dispatch")
 # A handler takes the session and one request type; Callable[..., ...] because each handler
 # narrows the request parameter to its own type (contravariance forbids a common signature).
 Handler = Callable[..., Awaitable[ServerMessage]]
+SyncHandler = Callable[..., ServerMessage | None]
+"""``handler(session, msg, done)``: returns the reply, or None and calls ``done(reply)``
+exactly once later (when the effects it journaled are durable; possibly before it returns,
+in write-behind mode). For the hot path: no coroutine, no future, no task hop."""
+Done = Callable[[ServerMessage], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    handler: Handler
+    handler: Handler | None
     permission: Permission | None
     """None: public, allowed before the session (sign-up, login, hello)."""
+    sync: SyncHandler | None = None
+    """Instead of ``handler``: see :data:`SyncHandler`."""
 
 
 def requires(permission: Permission, handler: Handler) -> Registration:
     """Register ``handler`` for sessions holding ``permission``."""
     return Registration(handler, permission)
+
+
+def requires_sync(permission: Permission, handler: SyncHandler) -> Registration:
+    """:func:`requires` for a :data:`SyncHandler`."""
+    return Registration(None, permission, handler)
 
 
 def public(handler: Handler) -> Registration:
@@ -76,11 +90,14 @@ def merge_handlers(*maps: HandlerMap) -> dict[type[Request], Registration]:
 
 
 class _Route:
-    __slots__ = ("errors", "handler", "latency", "permission", "received", "tag")
+    __slots__ = ("errors", "handler", "latency", "permission", "received", "sync", "tag")
 
     def __init__(self, tag: str, registration: Registration, metrics: Metrics) -> None:
+        if (registration.handler is None) == (registration.sync is None):
+            raise ValueError(f"{tag}: register either a handler or a sync handler")
         self.tag = tag
         self.handler = registration.handler
+        self.sync = registration.sync
         self.permission = registration.permission
         self.received = metrics.messages_in.labels(tag)
         self.latency = metrics.request_latency.labels(tag)
@@ -98,16 +115,63 @@ class Dispatcher:
         route.received.inc()
         started = time.perf_counter()
         try:
-            needed = route.permission
-            if needed is not None and needed not in session.permissions:
-                if session.principal is None:
-                    raise UnauthenticatedError("send session.hello first")
-                raise ForbiddenError(f"{route.tag} needs the {needed} permission")
-            reply = await route.handler(session, msg)
+            self._check(route, session)
+            if route.handler is not None:
+                reply = await route.handler(session, msg)
+            else:
+                reply = await self._await_sync(route, session, msg)
         except Exception as exc:  # the one place exceptions become replies
             reply = self.error_reply(msg.rid, exc)
         route.latency.observe(time.perf_counter() - started)
         return reply
+
+    def is_sync(self, msg: Request) -> bool:
+        """``msg`` has a :data:`SyncHandler`: :meth:`dispatch_sync` can run it."""
+        return self._routes[type(msg)].sync is not None
+
+    def dispatch_sync(self, session: Session, msg: Request, done: Done) -> ServerMessage | None:
+        """:meth:`dispatch` for a message with a sync handler (:meth:`is_sync`), without a
+        coroutine: the reply, or None and ``done(reply)`` exactly once later. Never raises
+        (nor does ``done``' caller: that is the handler's journal callback)."""
+        route = self._routes[type(msg)]
+        route.received.inc()
+        started = time.perf_counter()
+        sync = route.sync
+        assert sync is not None
+        try:
+            self._check(route, session)
+            reply = sync(session, msg, functools.partial(self._done, route, started, done))
+        except Exception as exc:
+            reply = self.error_reply(msg.rid, exc)
+        if reply is not None:
+            route.latency.observe(time.perf_counter() - started)
+        return reply
+
+    @staticmethod
+    def _done(route: _Route, started: float, done: Done, reply: ServerMessage) -> None:
+        route.latency.observe(time.perf_counter() - started)
+        done(reply)
+
+    @staticmethod
+    def _check(route: _Route, session: Session) -> None:
+        needed = route.permission
+        if needed is not None and needed not in session.permissions:
+            if session.principal is None:
+                raise UnauthenticatedError("send session.hello first")
+            raise ForbiddenError(f"{route.tag} needs the {needed} permission")
+
+    @staticmethod
+    async def _await_sync(route: _Route, session: Session, msg: Request) -> ServerMessage:
+        """A sync handler on the coroutine path (the ``websockets`` adapter)."""
+        assert route.sync is not None
+        future: asyncio.Future[ServerMessage] = asyncio.get_running_loop().create_future()
+
+        def done(reply: ServerMessage) -> None:
+            if not future.done():  # cancelled: the connection went away meanwhile
+                future.set_result(reply)
+
+        reply = route.sync(session, msg, done)
+        return reply if reply is not None else await future
 
     def error_reply(self, rid: int | None, exc: BaseException) -> ErrorReply:
         """The error reply for ``exc``, counted by code."""

@@ -242,6 +242,40 @@ class PlayerHub:
         Raises:
             UnavailableError: the journal is closing (shutdown).
         """
+        version = self._journal(live, effects, origin, tick, None)
+        if live.durable_version < version:  # wait_durable, inlined: this is the hot path
+            future: asyncio.Future[None] = self._loop.create_future()
+            live.waiters.append((version, future))
+            await future
+        return version
+
+    def commit_then(
+        self,
+        live: LivePlayer,
+        effects: list[AnyEffect],
+        origin: Session | None,
+        tick: int,
+        then: Callable[[int], None],
+    ) -> None:
+        """:meth:`commit` without a coroutine: apply and journal ``effects`` now and call
+        ``then(version)`` once they are durable — from the journal writer (or at once, in
+        write-behind mode, before this returns). ``then`` must not raise.
+
+        Raises:
+            UnavailableError: the journal is closing (shutdown); nothing was applied.
+        """
+        self._journal(live, effects, origin, tick, then)
+
+    def _journal(
+        self,
+        live: LivePlayer,
+        effects: list[AnyEffect],
+        origin: Session | None,
+        tick: int | None,
+        then: Callable[[int], None] | None,
+    ) -> int:
+        """Apply ``effects`` to the live state and append them to the journal; return the
+        version they bring the player to."""
         if not self.journal.accepting:
             # Refuse before applying: memory must never run ahead of what can be journaled.
             raise UnavailableError("server is shutting down")
@@ -260,21 +294,18 @@ class PlayerHub:
             first,
             self._tick() if tick is None else tick,
             encoded,
-            functools.partial(self._on_durable, live, version, effects, encoded, origin),
+            functools.partial(self._on_durable, live, version, effects, encoded, origin, then),
         )
-        if live.durable_version < version:  # wait_durable, inlined: this is the hot path
-            future: asyncio.Future[None] = self._loop.create_future()
-            live.waiters.append((version, future))
-            await future
         return version
 
-    def _on_durable(
+    def _on_durable(  # noqa: PLR0917  (bound once per commit by a partial: positional)
         self,
         live: LivePlayer,
         version: int,
         effects: list[AnyEffect],
         encoded: list[bytes],
         origin: Session | None,
+        then: Callable[[int], None] | None,
     ) -> None:
         """The journal committed ``effects`` (the last of them is ``version``)."""
         live.durable_version = version
@@ -291,6 +322,21 @@ class PlayerHub:
                 self._watch_cooldown(live.player_id, effect.key, effect.ready_at_ms)
         if live.waiters:
             self._release_waiters(live)
+        if then is not None:
+            then(version)
+
+    def decide(
+        self, live: LivePlayer, intent: Request, rule: Callable[..., list[AnyEffect]]
+    ) -> tuple[list[AnyEffect], int]:
+        """Run ``rule`` on the live state: its effects (not applied yet) and the tick it
+        decided in. An intent that creates items needs ids reserved first
+        (:meth:`run_intent` does that)."""
+        ctx = self.context()
+        effects = rule(live.state, intent, ctx)
+        for effect in effects:
+            if type(effect) is ItemCreated and effect.item.id >= self._id_next:
+                self._id_next = effect.item.id + 1
+        return effects, ctx.tick
 
     async def run_intent(
         self,
@@ -301,14 +347,10 @@ class PlayerHub:
     ) -> tuple[int, list[AnyEffect]]:
         if type(intent) in CREATES_ITEMS:
             await self._ensure_ids(MAX_CREATED_PER_INTENT)
-        ctx = self.context()
-        effects = rule(live.state, intent, ctx)
-        for effect in effects:
-            if type(effect) is ItemCreated and effect.item.id >= self._id_next:
-                self._id_next = effect.item.id + 1
+        effects, tick = self.decide(live, intent, rule)
         if not effects:
             return live.state.version, effects
-        return await self.commit(live, effects, origin, ctx.tick), effects
+        return await self.commit(live, effects, origin, tick), effects
 
     async def durable_copy(self, live: LivePlayer) -> PlayerState:
         """A copy of the state as of now, returned once that version is durable."""

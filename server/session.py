@@ -2,7 +2,9 @@
 
 A transport adapter (``server/transport_ws.py`` for ``websockets``, ``transport_picows.py``
 for picows) feeds received messages
-to :meth:`Session.on_frame` one at a time, in order, and implements :class:`Transport`.
+to :meth:`Session.on_frame` one at a time, in order, and implements :class:`Transport`
+(the picows adapter calls its two halves itself: :meth:`Session.admit`, then
+:meth:`Session.handle_sync` for a request with a sync handler, else :meth:`Session.handle`).
 Everything the server sends goes through :meth:`Session.send`: one bounded queue per
 connection drained by one writer task with a write deadline. A client that stops reading
 blows the write deadline (or, through pushes, fills the queue) and is aborted — the tick and
@@ -17,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from protocol.base import ServerMessage
+from protocol.base import Request, ServerMessage
 from protocol.codec import Codec, FrameDecodeError
 from protocol.errors import RateLimitedError, UnavailableError
 from server.ratelimit import TokenBucket
@@ -152,6 +156,14 @@ class Session:
 
     async def on_frame(self, frame: bytes | str) -> None:
         """Handle one received frame; replies are queued, never raised."""
+        msg = self.admit(frame)
+        if msg is not None:
+            await self.handle(msg)
+
+    def admit(self, frame: bytes | str) -> Request | None:
+        """The first half of :meth:`on_frame`, which never waits: decode, rate-limit, and
+        refuse while draining. The request to handle, or None if it was answered already
+        (an error reply queued) or dropped."""
         app = self.app
         now = time.monotonic()
         driver = app.driver
@@ -162,14 +174,19 @@ class Session:
         except FrameDecodeError as exc:
             self._refuse_if_limited(exc.rid, now)
             self.send(app.dispatcher.error_reply(exc.rid, exc))
-            return
+            return None
         if self._refuse_if_limited(msg.rid, now):
-            return
+            return None
         if app.draining:
             self.send(
                 app.dispatcher.error_reply(msg.rid, UnavailableError("server is shutting down"))
             )
-            return
+            return None
+        return msg
+
+    async def handle(self, msg: Request) -> None:
+        """The second half of :meth:`on_frame`: dispatch and reply."""
+        app = self.app
         app.request_started()
         self._handling += 1
         try:
@@ -184,6 +201,45 @@ class Session:
             code, reason = self._close_after
             self._close_after = None
             await self.close(code, reason)
+
+    def handle_sync(self, msg: Request, done: Callable[[], None]) -> bool:
+        """:meth:`handle` without a coroutine, for a request with a sync handler
+        (``dispatcher.is_sync(msg)``; the hot path of the picows adapter). True if the
+        reply went out before this returns; False if ``done()`` will be called once it has
+        (after the journal commit its effects wait for). Never raises.
+
+        A reply the transport cannot take at once is queued for the writer instead of
+        awaited: the adapter checks :attr:`writable` before it admits the next request,
+        which is the same backpressure.
+        """
+        self.app.request_started()
+        self._handling += 1
+        reply = self.app.dispatcher.dispatch_sync(
+            self, msg, functools.partial(self._replied_later, done)
+        )
+        if reply is None:
+            return False
+        self._reply_sync(reply)
+        return True
+
+    def _replied_later(self, done: Callable[[], None], reply: ServerMessage) -> None:
+        # Called by the journal writer: nothing may escape into it.
+        try:
+            self._reply_sync(reply)
+        except Exception:
+            log.exception("reply to %s failed", self.transport.remote)
+        done()
+
+    def _reply_sync(self, reply: ServerMessage) -> None:
+        self.app.request_finished()
+        self._handling -= 1
+        frame = self._reply_now(reply)
+        if frame is not None:
+            self.send_frame(frame)  # the writer sends it, still in order: nothing was queued
+        if self._close_after is not None and not self._handling:
+            code, reason = self._close_after
+            self._close_after = None
+            asyncio.get_running_loop().create_task(self.close(code, reason))
 
     def revoke(self, code: int, reason: str) -> None:
         """The principal lost its right to this connection (logout, ban, revoked key): no

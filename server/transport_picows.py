@@ -14,9 +14,11 @@ ping/pong in C, and hands each frame to a synchronous callback; it leaves the re
 - **The closing handshake.** A close frame is answered with the same code (an invalid code
   or a 1-byte payload is 1002, a reason that is not UTF-8 is 1007) and the connection ends.
 - **Order and backpressure.** Frames arrive in a callback, requests must be handled one at a
-  time in order: each connection has an inbox drained by one task that awaits
-  :meth:`Session.wait_writable` before each message, as the ``websockets`` pump does, and
-  stops reading the socket while the inbox holds 32 messages (``websockets``' ``max_queue``).
+  time in order: each connection has an inbox, drained in the frame callback itself while
+  each message has a sync handler (the hot path, see :class:`_GameListener`) and otherwise
+  by the connection's pump task; before each message the outbound queue must be below its
+  high-water mark (:meth:`Session.wait_writable`, as in the ``websockets`` pump), and the
+  socket is not read while the inbox holds 32 messages (``websockets``' ``max_queue``).
 - **Writes.** picows writes synchronously into the socket's buffer; while the buffer is over
   its high-water mark (``pause_writing``) a send waits, so the write watchdog sees a blocked
   write exactly as with ``websockets``. When several frames are queued for a client, they go
@@ -65,10 +67,13 @@ from server.handshake import HttpAnswer, offered_subprotocols, route
 from server.session import Session
 
 if TYPE_CHECKING:
+    from protocol.base import Request
     from server.app import App
 
 log = logging.getLogger("gearhall.transport")
 
+_WRITABLE = object()
+"""Handed to the pump: wait until the session's outbound queue drains."""
 INBOX_HIGH = 32
 """Stop reading a client's socket while this many of its messages wait to be handled."""
 INBOX_LOW = 8
@@ -261,7 +266,15 @@ _PICOWS_CODES = frozenset(c.value for c in WSCloseCode)
 
 
 class _GameListener(_MessageListener):
-    """One game client: messages go to its :class:`Session`, one at a time, in order."""
+    """One game client: messages go to its :class:`Session`, one at a time, in order.
+
+    A message whose handler is synchronous (``Dispatcher.is_sync``: ping and the player
+    intents, the hot path) is handled right in picows' callback, :meth:`_advance`, with no
+    task, coroutine or future: its reply goes out from the journal's commit callback, which
+    then lets the next message in. Any other message, or a wait for the outbound queue to
+    drain, is handed to the pump task, which awaits it and hands back. Either way exactly
+    one message is in progress at a time (:attr:`_busy`).
+    """
 
     def __init__(self, app: App, subprotocol: str, client_ip: str) -> None:
         super().__init__(app.settings.max_frame_bytes)
@@ -269,7 +282,12 @@ class _GameListener(_MessageListener):
         self._subprotocol = subprotocol
         self._client_ip = client_ip
         self._inbox: collections.deque[bytes | str] = collections.deque()
-        # The pump's wake-up while the inbox is empty: a bare future, cheaper than an Event.
+        self._busy = False
+        """A message is being handled (synchronously awaiting its commit, or by the pump)."""
+        self._advancing = False
+        self._handoff: Request | object | None = None
+        """What the pump is to do next: a request to await, or :data:`_WRITABLE`."""
+        # The pump's wake-up while it has nothing to do: a bare future, cheaper than an Event.
         self._waiter: asyncio.Future[None] | None = None
         self._reading = True
         self._gone = False
@@ -292,10 +310,54 @@ class _GameListener(_MessageListener):
     def on_message(self, data: bytes | str, text: bool) -> None:
         inbox = self._inbox
         inbox.append(data)
-        self._wake()
+        if not self._busy:
+            self._advance()
         if len(inbox) >= INBOX_HIGH and self._reading and self.ws is not None:
             self._reading = False
             self.ws.underlying_transport.pause_reading()
+
+    def _advance(self) -> None:
+        """Handle queued messages in order for as long as each is answered at once; stop at
+        one that waits (its commit, or the pump)."""
+        if self._advancing:  # re-entered from a reply sent synchronously (write-behind)
+            return
+        session, inbox = self.session, self._inbox
+        assert session is not None and self.ws is not None
+        is_sync = self._app.dispatcher.is_sync
+        self._advancing = True
+        try:
+            while inbox and not self._busy and not self._gone:
+                if not session.writable:
+                    self._hand_to_pump(_WRITABLE)
+                    return
+                data = inbox.popleft()
+                if not self._reading and len(inbox) <= INBOX_LOW:
+                    self._reading = True
+                    self.ws.underlying_transport.resume_reading()
+                msg = session.admit(data)
+                if msg is None:  # answered (an error) or dropped
+                    continue
+                if not is_sync(msg):
+                    self._hand_to_pump(msg)
+                    return
+                self._busy = True
+                if session.handle_sync(msg, self._replied):
+                    self._busy = False
+                # else _replied clears _busy, maybe already (write-behind answers at once)
+        finally:
+            self._advancing = False
+
+    def _replied(self) -> None:
+        """The reply to the message in progress went out (from the journal's callback)."""
+        self._busy = False
+        if self._inbox and not self._gone:
+            # Not from inside the journal's callback loop: the next message may be slow.
+            asyncio.get_running_loop().call_soon(self._advance)
+
+    def _hand_to_pump(self, what: Request | object) -> None:
+        self._busy = True
+        self._handoff = what
+        self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -303,25 +365,25 @@ class _GameListener(_MessageListener):
             waiter.set_result(None)
 
     async def _pump(self) -> None:
-        session, inbox = self.session, self._inbox
-        assert session is not None and self.ws is not None
-        underlying = self.ws.underlying_transport
+        session = self.session
+        assert session is not None
         loop = asyncio.get_running_loop()
         while not self._gone:
-            if not inbox:
+            what = self._handoff
+            if what is None:
                 self._waiter = loop.create_future()
                 await self._waiter
                 self._waiter = None
                 continue
-            if not session.writable:
+            self._handoff = None
+            if what is _WRITABLE:
                 await session.wait_writable()
                 if self._is_gone():  # disconnected while waiting
                     return
-            data = inbox.popleft()
-            if not self._reading and len(inbox) <= INBOX_LOW:
-                self._reading = True
-                underlying.resume_reading()
-            await session.on_frame(data)
+            else:
+                await session.handle(cast("Request", what))
+            self._busy = False
+            self._advance()
 
     def _is_gone(self) -> bool:  # a call: mypy would narrow the attribute across the await
         return self._gone

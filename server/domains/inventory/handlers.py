@@ -4,6 +4,7 @@ read or change the same player state."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -28,10 +29,10 @@ from protocol.messages import (
     UnequipItem,
     UseItem,
 )
-from protocol.model import ItemCreated
-from server.dispatch import HandlerMap, requires
+from protocol.model import AnyEffect, ItemCreated
+from server.dispatch import Done, HandlerMap, requires, requires_sync
 from server.domains.accounts.rules import Permission as P  # noqa: N817
-from sim.rules import RULES
+from sim.rules import CREATES_ITEMS, RULES
 
 if TYPE_CHECKING:
     from server.session import Session
@@ -40,16 +41,40 @@ log = logging.getLogger("gearhall.inventory")
 
 
 async def run_rule(session: Session, msg: Request) -> EffectsReply:
-    """Any player intent: its rule decides, the hub applies and journals, the reply waits
-    until the effects are durable.
+    """A player intent that creates items (ids are reserved first, which may wait for the
+    database): its rule decides, the hub applies and journals, the reply waits until the
+    effects are durable.
+
+    Raises: whatever the intent's rule raises (see ``sim/inventory.py``); UnavailableError
+    while shutting down.
+    """
+    live = session.player
+    assert live is not None  # dispatch refuses these before hello
+    version, effects = await session.app.hub.run_intent(live, msg, RULES[type(msg)], session)
+    return EffectsReply(rid=msg.rid, version=version, effects=effects)
+
+
+def run_rule_sync(session: Session, msg: Request, done: Done) -> EffectsReply | None:
+    """Any other player intent, the hot path (a :data:`server.dispatch.SyncHandler`): the
+    rule decides and the hub applies and journals at once; ``done`` gets the reply once the
+    effects are durable. An intent that changes nothing is answered at once.
 
     Raises: whatever the intent's rule raises (see ``sim/equipment.py``,
     ``sim/inventory.py``, ``sim/use.py``); UnavailableError while shutting down.
     """
     live = session.player
     assert live is not None  # dispatch refuses these before hello
-    version, effects = await session.app.hub.run_intent(live, msg, RULES[type(msg)], session)
-    return EffectsReply(rid=msg.rid, version=version, effects=effects)
+    hub = session.app.hub
+    effects, tick = hub.decide(live, msg, RULES[type(msg)])
+    if not effects:
+        return EffectsReply(rid=msg.rid, version=live.state.version, effects=effects)
+    then = functools.partial(_durable, done, msg.rid, effects)
+    hub.commit_then(live, effects, session, tick, then)
+    return None
+
+
+def _durable(done: Done, rid: int, effects: list[AnyEffect], version: int) -> None:
+    done(EffectsReply(rid=rid, version=version, effects=effects))
 
 
 async def get_stats(session: Session, msg: GetStats) -> StatsReply:
@@ -138,15 +163,19 @@ async def _audit_grant(session: Session, msg: GrantItem, item_ids: list[int]) ->
         log.exception("audit entry for grant %s not written", msg.idempotency_key)
 
 
+INTENTS = (
+    EquipItem, UnequipItem, MoveItem, SplitStack, MergeStacks, SortCompartment, DestroyItem,
+    UseItem,
+)  # fmt: skip
+"""The player intents: a rule in ``sim.rules.RULES`` decides each."""
+
 HANDLERS: HandlerMap = {
-    EquipItem: requires(P.GAME_PLAY, run_rule),
-    UnequipItem: requires(P.GAME_PLAY, run_rule),
-    MoveItem: requires(P.GAME_PLAY, run_rule),
-    SplitStack: requires(P.GAME_PLAY, run_rule),
-    MergeStacks: requires(P.GAME_PLAY, run_rule),
-    SortCompartment: requires(P.GAME_PLAY, run_rule),
-    DestroyItem: requires(P.GAME_PLAY, run_rule),
-    UseItem: requires(P.GAME_PLAY, run_rule),
+    **{
+        intent: requires(P.GAME_PLAY, run_rule)
+        if intent in CREATES_ITEMS  # ids are reserved first, which may wait
+        else requires_sync(P.GAME_PLAY, run_rule_sync)
+        for intent in INTENTS
+    },
     GetStats: requires(P.GAME_PLAY, get_stats),
     GrantItem: requires(P.ITEMS_GRANT, grant_item),
 }

@@ -17,7 +17,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.errors import ConflictError, UnauthenticatedError, UnavailableError
 from protocol.messages import Ping, Pong, SessionHello, SessionWelcome
 from protocol.model import AnyEffect, PlayerState
-from server.dispatch import HandlerMap, public, requires
+from server.dispatch import Done, HandlerMap, public, requires_sync
 from server.domains.accounts.principal import Principal
 from server.domains.accounts.rules import Permission
 from server.domains.accounts.service import Client
@@ -121,12 +121,12 @@ def _welcome(
     )
 
 
-async def ping(session: Session, msg: Ping) -> Pong:
+def ping(session: Session, msg: Ping, done: Done) -> Pong:
     """Answered at any time after hello; touches neither the simulation nor the journal."""
     return Pong(rid=msg.rid, tick=session.app.tick())
 
 
 HANDLERS: HandlerMap = {
     SessionHello: public(hello),
-    Ping: requires(Permission.SESSION, ping),
+    Ping: requires_sync(Permission.SESSION, ping),
 }
