@@ -84,7 +84,7 @@ from websockets.typing import Subprotocol
 
 from benchmarks import profile_server
 from benchmarks.harness import GEARHALL, ServerProcess, WindowSampler
-from benchmarks.run_all import RESULTS, _meta
+from benchmarks.run_all import RESULTS, _meta, save_result
 
 SUBPROTOCOL = Subprotocol("gearhall.v1.json")
 LOGIN_P99_TARGET_MS = 150.0
@@ -983,11 +983,9 @@ def main(argv: list[str] | None = None) -> int:
         "phases": phases,
     }
     print(render(result), file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-login.json").write_text(text)
+        save_result(result, f"{time.strftime('%Y%m%d-%H%M%S')}-login")
     return 0
 
 

@@ -132,6 +132,14 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def save_result(result: dict[str, Any], name: str) -> Path:
+    """Write ``result`` (indented JSON) to ``results/<name>.json``; return the path."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -256,11 +264,9 @@ def run_plan(
         "scenarios": entries,
     }
     print(render(summary), file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}.json").write_text(text)
+        save_result(result, f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}")
     return 0
 
 
@@ -498,9 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result))
     print(render_table(result), file=sys.stderr)
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"{stamp}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        path = save_result(result, stamp)
         print(f"\nsaved {path.relative_to(ROOT)}", file=sys.stderr)
     failed = [e["name"] for e in result["scenarios"] if "error" in e]
     return 1 if failed else 0

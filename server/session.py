@@ -197,10 +197,9 @@ class Session:
         waiting = self._reply_now(reply)
         if waiting is not None:
             await self._reply_wait(waiting)
-        if self._close_after is not None and not self._handling:
-            code, reason = self._close_after
-            self._close_after = None
-            await self.close(code, reason)
+        close = self._close_due()
+        if close is not None:
+            await self.close(*close)
 
     def handle_sync(self, msg: Request, done: Callable[[], None]) -> bool:
         """:meth:`handle` without a coroutine, for a request with a sync handler
@@ -236,10 +235,17 @@ class Session:
         frame = self._reply_now(reply)
         if frame is not None:
             self.send_frame(frame)  # the writer sends it, still in order: nothing was queued
-        if self._close_after is not None and not self._handling:
-            code, reason = self._close_after
-            self._close_after = None
-            asyncio.get_running_loop().create_task(self.close(code, reason))
+        close = self._close_due()
+        if close is not None:
+            asyncio.get_running_loop().create_task(self.close(*close))
+
+    def _close_due(self) -> tuple[int, str] | None:
+        """The close :meth:`revoke` deferred, once no request is in progress (taken)."""
+        close = self._close_after
+        if close is None or self._handling:
+            return None
+        self._close_after = None
+        return close
 
     def revoke(self, code: int, reason: str) -> None:
         """The principal lost its right to this connection (logout, ban, revoked key): no
@@ -281,22 +287,15 @@ class Session:
 
     # --- outbound ---------------------------------------------------------------------------
 
-    async def reply(self, msg: ServerMessage) -> None:
-        """Send a reply from the request path.
-
-        When nothing is queued or being written, the frame is written here directly: no
-        hop through the writer task, and the client's own request path is what waits if
-        its socket is full (natural backpressure). Otherwise it joins the queue, which keeps
-        replies and pushes in order.
-        """
-        frame = self._reply_now(msg)
-        if frame is not None:
-            await self._reply_wait(frame)
-
     def _reply_now(self, msg: ServerMessage) -> bytes | None:
-        """:meth:`reply` without awaiting where possible (the common case, and no coroutine
-        is made for it): queued, or written at once if the transport takes it. Returns
-        the frame if the reply must wait for the transport (:meth:`_reply_wait`)."""
+        """Send a reply from the request path, without awaiting where possible.
+
+        When nothing is queued or being written, the frame is written here directly if the
+        transport takes it at once: no hop through the writer task. Otherwise it joins the
+        queue, which keeps replies and pushes in order. Returns the frame if the transport
+        could not take it: :meth:`handle` then awaits the write (:meth:`_reply_wait`), so
+        the client's own request path is what waits if its socket is full (natural
+        backpressure); :meth:`handle_sync` queues it."""
         if self.aborted:
             return None
         self.app.metrics.sent(type(msg))

@@ -285,6 +285,7 @@ class _GameListener(_MessageListener):
         self._busy = False
         """A message is being handled (synchronously awaiting its commit, or by the pump)."""
         self._advancing = False
+        """:meth:`_advance` is running (so :meth:`_replied` need not schedule it)."""
         self._handoff: Request | object | None = None
         """What the pump is to do next: a request to await, or :data:`_WRITABLE`."""
         # The pump's wake-up while it has nothing to do: a bare future, cheaper than an Event.
@@ -319,8 +320,6 @@ class _GameListener(_MessageListener):
     def _advance(self) -> None:
         """Handle queued messages in order for as long as each is answered at once; stop at
         one that waits (its commit, or the pump)."""
-        if self._advancing:  # re-entered from a reply sent synchronously (write-behind)
-            return
         session, inbox = self.session, self._inbox
         assert session is not None and self.ws is not None
         is_sync = self._app.dispatcher.is_sync
@@ -348,9 +347,10 @@ class _GameListener(_MessageListener):
             self._advancing = False
 
     def _replied(self) -> None:
-        """The reply to the message in progress went out (from the journal's callback)."""
+        """The reply to the message in progress went out: from the journal's callback, or
+        from inside :meth:`_advance` (write-behind answers at once; it carries on itself)."""
         self._busy = False
-        if self._inbox and not self._gone:
+        if self._inbox and not self._gone and not self._advancing:
             # Not from inside the journal's callback loop: the next message may be slow.
             asyncio.get_running_loop().call_soon(self._advance)
 
